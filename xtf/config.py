@@ -130,10 +130,33 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class SandboxConfig:
+    """Limits for each model-written program (HumanEval): run under bubblewrap, never in the harness process."""
+    timeout_s: float = 10.0            # wall clock per program (killed after)
+    cpu_s: int = 10                    # RLIMIT_CPU, seconds of CPU time
+    memory_mb: int = 1024              # RLIMIT_AS, address space
+    max_processes: int = 32            # RLIMIT_NPROC for the sandbox's unprivileged user (stops fork bombs)
+    max_output_kb: int = 256           # stdout/stderr kept per program (RLIMIT_FSIZE for scratch files too)
+    parallel: int = 0                  # programs run at once; 0 = the number of CPU cores
+
+
+@dataclass(frozen=True)
 class EvalConfig:
     batch_size: int = 16
     max_new_tokens: int = 64
     enabled: bool = True
+    split: Literal["test", "dev"] = "test"  # dev: the split carved from training data (data.dev_size), for
+                                            # choosing thresholds; test is reported once, with the chosen values
+    # HumanEval (task=code): n samples per problem for the unbiased pass@k, plus one greedy sample for pass@1.
+    n_samples: int = 10
+    temperature: float = 0.8
+    top_p: float = 0.95
+    pass_k: tuple[int, ...] = (1, 5, 10)
+    code_protocol: Literal["sampled", "released_beam"] = "sampled"  # released_beam: the released XTF code's
+                                            # beam-search pass@k (n beams, any-of-k), for comparison only
+    sandbox: SandboxConfig = SandboxConfig()
+    # Runs model-written code directly on this machine when bubblewrap is missing. Dangerous; off by default.
+    UNSAFE_allow_unsandboxed_code: bool = False
 
 
 @dataclass(frozen=True)
@@ -195,6 +218,16 @@ _RANGES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "train.save_steps": (lambda v: v >= 1, ">= 1"),
     "eval.batch_size": (lambda v: v >= 1, ">= 1"),
     "eval.max_new_tokens": (lambda v: v >= 1, ">= 1"),
+    "eval.n_samples": (lambda v: v >= 1, ">= 1"),
+    "eval.temperature": (lambda v: v >= 0, ">= 0"),
+    "eval.top_p": (lambda v: 0 < v <= 1, "in (0, 1]"),
+    "eval.pass_k": (lambda v: len(v) > 0 and all(k >= 1 for k in v), "a non-empty list of integers >= 1"),
+    "eval.sandbox.timeout_s": (lambda v: v > 0, "> 0"),
+    "eval.sandbox.cpu_s": (lambda v: v >= 1, ">= 1"),
+    "eval.sandbox.memory_mb": (lambda v: v >= 64, ">= 64"),
+    "eval.sandbox.max_processes": (lambda v: v >= 1, ">= 1"),
+    "eval.sandbox.max_output_kb": (lambda v: v >= 1, ">= 1"),
+    "eval.sandbox.parallel": (lambda v: v >= 0, ">= 0"),
     "model.pretrain_steps": (lambda v: v >= 0, ">= 0"),
     "seed": (lambda v: v >= 0, ">= 0"),
 }

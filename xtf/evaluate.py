@@ -16,26 +16,42 @@ EVAL_VERSION = 1  # bump when decoding or scoring changes
 
 
 @torch.no_grad()
-def generate(model, tokenizer, prompts: list[str], chat_template: bool, batch_size: int, max_new_tokens: int,
-             desc: str = "evaluate") -> list[str]:
-    """Greedy continuations of `prompts` (decoded, special tokens removed), in input order."""
+def generate_many(model, tokenizer, prompts: list[str], chat_template: bool, batch_size: int, max_new_tokens: int,
+                  n: int = 1, do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
+                  num_beams: int = 1, seed: int = 0, desc: str = "evaluate") -> list[list[str]]:
+    """`n` continuations per prompt (decoded, special tokens removed), in input order: list[prompt][n].
+
+    Batched with left padding and the KV cache. Sampling is seeded once (torch.manual_seed(seed)) so a run is
+    reproducible on the same device; with num_beams > 1 the n best beams are returned (n <= num_beams)."""
     device = next(model.parameters()).device
     encoded = [prompt_ids(tokenizer, p, chat_template) for p in prompts]
     # Sort by length so each batch pads little; restore the order at the end.
     order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
-    outputs: dict[int, str] = {}
+    outputs: dict[int, list[str]] = {}
     pad = tokenizer.pad_token_id
+    decoding = {"do_sample": do_sample, "num_return_sequences": n, "num_beams": num_beams}
+    if do_sample:
+        decoding.update(temperature=temperature, top_p=top_p, top_k=0)  # top_k=0: nucleus sampling only
+    torch.manual_seed(seed)
     for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch"):
         idx = order[start : start + batch_size]
         length = max(len(encoded[i]) for i in idx)
         # Left padding: every prompt ends at the same position, so generation continues each one directly.
         ids = torch.tensor([[pad] * (length - len(encoded[i])) + encoded[i] for i in idx], device=device)
         attn = torch.tensor([[0] * (length - len(encoded[i])) + [1] * len(encoded[i]) for i in idx], device=device)
-        out = model.generate(input_ids=ids, attention_mask=attn, max_new_tokens=max_new_tokens, do_sample=False,
-                             pad_token_id=pad, eos_token_id=tokenizer.eos_token_id, use_cache=True)
-        for row, i in zip(out[:, length:], idx):
-            outputs[i] = tokenizer.decode(row, skip_special_tokens=True)
+        out = model.generate(input_ids=ids, attention_mask=attn, max_new_tokens=max_new_tokens,
+                             pad_token_id=pad, eos_token_id=tokenizer.eos_token_id, use_cache=True, **decoding)
+        texts = tokenizer.batch_decode(out[:, length:], skip_special_tokens=True)  # [len(idx) * n], prompt-major
+        for j, i in enumerate(idx):
+            outputs[i] = texts[j * n : (j + 1) * n]
     return [outputs[i] for i in range(len(prompts))]
+
+
+def generate(model, tokenizer, prompts: list[str], chat_template: bool, batch_size: int, max_new_tokens: int,
+             desc: str = "evaluate") -> list[str]:
+    """Greedy continuations of `prompts` (decoded, special tokens removed), in input order."""
+    return [g[0] for g in generate_many(model, tokenizer, prompts, chat_template, batch_size, max_new_tokens,
+                                        desc=desc)]
 
 
 def normalise(answer: str | None) -> str | None:

@@ -35,6 +35,12 @@ def cell_overrides(spec: dict, label: str, seed: int) -> list[str]:
     return [*spec["base"], *spec["cells"][label], f"seed={seed}", f"experiment={spec['name']}"]
 
 
+def expand(spec: dict) -> list[tuple[str, int, list[str]]]:
+    """Every run of the experiment: (cell label, seed, Hydra overrides), in table order. The one place that
+    turns a spec into runs (the in-process grid, the Hydra sweeper and the tables all use it)."""
+    return [(label, seed, cell_overrides(spec, label, seed)) for label in spec["cells"] for seed in spec["seeds"]]
+
+
 def compose_cell(overrides: list[str]):
     from hydra import compose, initialize_config_dir
 
