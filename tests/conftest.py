@@ -62,3 +62,15 @@ def run_overrides(tmp_path, session_cache) -> list[str]:
         f"paths.cache_dir={session_cache}",
         "wandb.mode=disabled",
     ]
+
+
+def require_bwrap() -> None:
+    """A working bubblewrap sandbox (xtf.sandbox); skips with the reason on a user's machine, fails under CI=true."""
+    from xtf import sandbox
+
+    ok, detail = sandbox.available()
+    if not ok:
+        msg = f"the bubblewrap sandbox is unavailable ({detail})"
+        if IN_CI:
+            pytest.fail(msg + " — required under CI=true (.ci/run installs bubblewrap)")
+        pytest.skip(msg)

@@ -339,6 +339,9 @@ def validate(cfg: Any) -> RunConfig:
             raise ConfigError(f"eval.pass_k={list(run.eval.pass_k)} needs eval.n_samples >= {max(run.eval.pass_k)} "
                               f"(pass@k is estimated from n samples per problem); got eval.n_samples="
                               f"{run.eval.n_samples}")
+        if run.eval.enabled and run.eval.code_protocol == "sampled" and run.eval.temperature == 0:
+            raise ConfigError("eval.temperature=0 makes the n samples identical, so pass@k>1 means nothing; use a "
+                              "temperature > 0 (default 0.8); the greedy pass@1 is reported anyway")
     if run.method.name not in masking.METHODS:
         raise ConfigError(f"method.name={run.method.name!r} is unknown; choose one of {sorted(masking.METHODS)}")
     bad = [a for a in run.method.attributes if a not in XTF_ATTRIBUTES]

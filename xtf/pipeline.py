@@ -11,7 +11,7 @@ import shutil
 
 import torch
 
-from xtf import data, explain, masking, models, results, scoring, tasks
+from xtf import data, explain, masking, models, results, sandbox, scoring, tasks
 from xtf.config import RunConfig, task_options
 from xtf.evaluate import EVAL_VERSION, evaluate
 from xtf.masking import MASK_VERSION
@@ -34,6 +34,9 @@ def run(cfg: RunConfig) -> dict:
         with timer("resolve_model"):  # first: missing real weights fail here, within seconds
             weights = models.resolve_weights(cfg.model, cfg.paths.cache_dir)
         task = tasks.TASKS[cfg.task.name]
+        if cfg.eval.enabled and getattr(task, "EVALUATION", None) == "pass_at_k":
+            # Before hours of training: model-written code runs only in the sandbox (or with the loud opt-in).
+            sandbox.check(cfg.eval.UNSAFE_allow_unsandboxed_code)
         with timer("load_data"):
             task_data = task.load(task_options(cfg), cfg.data, cfg.paths)
             train_examples, dev_examples = data.carve_dev(task_data.splits["train"], cfg.data.dev_size)
