@@ -6,6 +6,11 @@ Each task module defines:
     EXTRACTORS                    {name: fn(generated_text) -> answer str | None}; the first is the primary metric
     EXTRACT_VERSION               bumped whenever an extractor changes behaviour (recorded in results)
     EXPERT_WORDS                  the task's domain words (XTF task relevance)
+    EVALUATION                    the fixed protocol (xtf.evaluate.evaluate dispatches on it): "exact_match"
+                                  (the default: greedy + EXTRACTORS), "lm_eval" (xtf/lmeval.py) or "pass_at_k"
+                                  (HumanEval in the sandbox: xtf/humaneval.py)
+    LM_EVAL_TASKS, LM_EVAL_METRICS   with "lm_eval": the task YAMLs in eval/ and {our metric key: (lm-eval task,
+                                  lm-eval metric)}, the first entry being the primary metric ("accuracy")
 """
 
 from xtf.tasks import code, gsm8k, medqa, pubmedqa, synth

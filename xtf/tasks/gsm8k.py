@@ -76,6 +76,15 @@ def extract_flexible(text: str) -> Optional[str]:
 
 EXTRACTORS: dict[str, Callable[[str], Optional[str]]] = {"strict": extract_strict, "flexible": extract_flexible}
 
+# Evaluation protocol: lm-eval task eval/xtf_gsm8k.yaml (xtf.lmeval). Metric key → (lm-eval task, "metric,filter");
+# the first is the primary metric ("accuracy"), in the same order as EXTRACTORS.
+EVALUATION = "lm_eval"
+LM_EVAL_METRICS: dict[str, tuple[str, str]] = {
+    "accuracy_strict": ("xtf_gsm8k", "exact_match,strict"),
+    "accuracy_flexible": ("xtf_gsm8k", "exact_match,flexible"),
+}
+LM_EVAL_TASKS: tuple[str, ...] = ("xtf_gsm8k",)
+
 
 def convert(row: dict, idx: int, split: str, where: str, opts: Options, checker: RowChecker) -> Optional[dict]:
     """One source row → example, or None if the row is malformed (and the policy is "skip")."""

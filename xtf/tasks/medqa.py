@@ -68,6 +68,16 @@ def extract_letter(text: str) -> Optional[str]:
 
 EXTRACTORS: dict[str, Callable[[str], Optional[str]]] = {"letter": extract_letter}
 
+# Evaluation protocol (xtf.lmeval): multiple choice by log-likelihood of each full answer " X. <text>"
+# (eval/xtf_medqa_mc.yaml; primary) and greedy generation + extract_letter (eval/xtf_medqa_gen.yaml).
+EVALUATION = "lm_eval"
+LM_EVAL_METRICS: dict[str, tuple[str, str]] = {
+    "accuracy_mc": ("xtf_medqa_mc", "acc,none"),
+    "accuracy_mc_norm": ("xtf_medqa_mc", "acc_norm,none"),
+    "accuracy_generative": ("xtf_medqa_gen", "exact_match,letter"),
+}
+LM_EVAL_TASKS: tuple[str, ...] = ("xtf_medqa_mc", "xtf_medqa_gen")
+
 
 def convert(row: dict, ex_id: str, where: str, checker: RowChecker) -> Optional[dict]:
     """One source row → example, or None if the row is malformed (and the policy is "skip")."""

@@ -64,6 +64,13 @@ def extract_decision(text: str) -> Optional[str]:
 
 EXTRACTORS: dict[str, Callable[[str], Optional[str]]] = {"decision": extract_decision}
 
+# Evaluation protocol (xtf.lmeval): greedy generation + extract_decision (eval/xtf_pubmedqa.yaml).
+EVALUATION = "lm_eval"
+LM_EVAL_METRICS: dict[str, tuple[str, str]] = {
+    "accuracy_decision": ("xtf_pubmedqa", "exact_match,decision"),
+}
+LM_EVAL_TASKS: tuple[str, ...] = ("xtf_pubmedqa",)
+
 
 def make_example(pmid: str, question: str, contexts: list, long_answer: str, decision: str) -> dict:
     context = "\n".join(c.strip() for c in contexts)
