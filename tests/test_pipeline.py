@@ -8,7 +8,7 @@ import sys
 import time
 
 import pytest
-from conftest import ROOT, compose, require_shared_data
+from conftest import ROOT, compose, require_bwrap, require_shared_data
 
 from xtf.config import validate
 from xtf.pipeline import run
@@ -82,7 +82,47 @@ def test_real_gsm8k_rows_on_tiny(run_overrides):
                        "data.eval_limit=4", "eval.max_new_tokens=16", base=TINY)
     assert record["data"]["source"].startswith("local:") and record["data"]["n_train"] == 16
     assert record["metrics"]["n_eval"] == 4 and "accuracy_flexible" in record["metrics"]
-    assert record["data"]["checksums"]
+    assert record["data"]["checksums"] and record["eval_protocol"]["name"] == "lm_eval"
+
+
+@pytest.mark.parametrize("task, keys, max_len", [
+    ("medqa", {"accuracy_mc", "accuracy_mc_norm", "accuracy_generative"}, 384),
+    ("pubmedqa", {"accuracy_decision"}, 1024),  # abstracts are long: shorter cuts every answer away
+])
+def test_medical_tasks_are_evaluated_through_lm_eval(run_overrides, task, keys, max_len):
+    data_dir = require_shared_data()
+    record = small_run(run_overrides, f"task={task}", f"paths.data_dir={data_dir}", "data.limit=8",
+                       "data.eval_limit=4", f"data.max_len={max_len}", "eval.max_new_tokens=8", base=TINY)
+    m = record["metrics"]
+    assert keys | {"accuracy"} <= set(m) and m["n_eval"] == 4 and 0.0 <= m["accuracy"] <= 1.0
+    assert record["eval_protocol"]["name"] == "lm_eval" and record["eval_protocol"]["shots"] == 0
+
+
+def test_code_task_reports_pass_at_k_through_the_sandbox(run_overrides):
+    """task=code end to end: MBPP train rows, HumanEval problems, n samples + greedy, every program sandboxed."""
+    data_dir = require_shared_data()
+    require_bwrap()
+    record = small_run(run_overrides, "task=code", f"paths.data_dir={data_dir}", "data.limit=8", "data.eval_limit=3",
+                       "data.max_len=256", "eval.max_new_tokens=12", "eval.n_samples=2", "eval.pass_k=[1,2]",
+                       base=TINY)
+    m, protocol = record["metrics"], record["eval_protocol"]
+    assert {"pass@1", "pass@2", "pass@1_greedy", "accuracy"} <= set(m) and m["n_eval"] == 3
+    assert all(0.0 <= m[k] <= 1.0 for k in ("pass@1", "pass@2", "pass@1_greedy"))
+    assert protocol["name"] == "humaneval_pass_at_k" and protocol["sandbox"]["kind"] == "bubblewrap"
+    assert protocol["n"] == 2 and protocol["k"] == [1, 2] and protocol["split"] == "test"
+    lines = (run_dir(validate(compose([*run_overrides, *TINY, "task=code", f"paths.data_dir={data_dir}",
+                                       "data.limit=8", "data.eval_limit=3", "data.max_len=256",
+                                       "eval.max_new_tokens=12", "eval.n_samples=2", "eval.pass_k=[1,2]"])))
+             / "predictions.jsonl").read_text().splitlines()
+    first = json.loads(lines[0])
+    assert first["task_id"] == "HumanEval/0" and len(first["samples"]) == 2
+    assert all(s["status"] in ("passed", "failed", "timeout") for s in first["samples"])
+
+
+def test_eval_split_dev_evaluates_the_carved_dev_set(run_overrides):
+    record = small_run(run_overrides, "data.dev_size=10", "eval.split=dev")
+    assert record["metrics"]["n_eval"] == 10 and record["data"]["n_dev"] == 10
+    assert record["eval_protocol"]["split"] == "dev" and record["data"]["n_train"] == 54
 
 
 def test_wandb_offline_mirror_is_written_and_finished(run_overrides, tmp_path):

@@ -65,7 +65,10 @@ def run(cfg: RunConfig) -> dict:
             trainable = [i for i, k in enumerate(keeps) if k.any()]
             mask_stats["dropped_empty_samples"] = len(rows) - len(trainable)
             if not trainable:
-                raise RuntimeError("every training sample is fully masked; nothing to fine-tune on")
+                raise RuntimeError(
+                    f"every training sample is fully masked; nothing to fine-tune on (tokenisation: "
+                    f"{token_stats.get('n_truncated', '?')} of {len(rows)} examples cut at data.max_len="
+                    f"{cfg.data.max_len}: if the answers were cut away, raise data.max_len)")
             with timer("finetune"):
                 slm = cfg.method.name == "slm"
                 model, train_info = finetune(
