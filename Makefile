@@ -17,10 +17,10 @@ ifneq ($(wildcard ../shared/data),)
 export XTF_DATA_DIR ?= $(abspath ../shared/data)
 endif
 
-.PHONY: install run test test-slow test-gpu lint bench-scoring bench-noise clean help
+.PHONY: install run test test-slow test-gpu lint bench-scoring bench-noise sweep tables clean help
 
 help:
-	@echo "make install | run | test | test-slow | test-gpu | lint | bench-scoring | bench-noise | clean"
+	@echo "make install | run | test | test-slow | test-gpu | lint | bench-scoring | bench-noise | sweep | tables | clean"
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -52,7 +52,18 @@ bench-scoring: install
 
 # The controlled-noise benchmark: 11 cells x 3 seeds on the tiny base; resumable; table in results/tables/.
 bench-noise: install
-	$(PY) -m xtf.experiment experiments/noise_benchmark.yaml $(ARGS)
+	$(MAKE) sweep EXP=noise_benchmark
+	$(PY) -m xtf.experiment experiments/noise_benchmark.yaml --table
+
+# One experiment (experiments/$(EXP).yaml): every run of its grid that is not complete yet, on CLUSTER=local|slurm.
+EXP ?= noise_benchmark
+CLUSTER ?= local
+sweep: install
+	$(PY) run.py -m hydra.sweeper.experiment_file=experiments/$(EXP).yaml cluster=$(CLUSTER) $(ARGS)
+
+# Every table (experiments/*.yaml) that has complete runs, from the local records only → results/tables/.
+tables: install
+	$(PY) -m xtf.experiment --tables $(ARGS)
 
 clean:
 	rm -rf outputs .cache .pytest_cache multirun wandb

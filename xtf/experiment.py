@@ -1,34 +1,204 @@
-"""Experiments as data: a YAML file names shared overrides, the cells (one table row each), the seeds and the
-table's columns; this module runs the grid (skipping complete runs, so a relaunch runs only missing cells) and
-builds the table (mean ± std over seeds) and a plot from the local records only.
+"""Experiments as data: one YAML file per paper artifact names its grid (shared overrides, cells or a product of
+coordinates, seeds) and its table layout; this module expands it into runs, runs the missing ones in-process
+(a complete run is skipped, so a relaunch runs only missing cells) and builds its tables from the local records.
 
-    python -m xtf.experiment experiments/noise_benchmark.yaml           # run missing cells, then the table
-    python -m xtf.experiment experiments/noise_benchmark.yaml --table   # the table from existing records only
+    python -m xtf.experiment experiments/threshold_sweep.yaml           # run missing cells, then the tables
+    python -m xtf.experiment experiments/noise_benchmark.yaml --table   # the tables from existing records only
+    python -m xtf.experiment experiments/table1.yaml --list             # every run with its Hydra overrides
+    python -m xtf.experiment --tables                                   # every experiments/*.yaml with records
+
+The Hydra sweeper (`make sweep EXP=<name>`) reads the same spec through `load_experiment` and `expand`.
+
+Spec format (see experiments/*.yaml for real ones):
+
+    name: table2                 # = the file name; results go to results/<name>/<run_id>/
+    description: ...             # printed above the table
+    base: [model=tiny, ...]      # overrides shared by every run (a cell's own overrides come after and win)
+    seeds: [0, 1, 2]
+    cells:                       # EITHER listed cells (one coordinate, "cell") ...
+      normal: [method=normal]
+    grid:                        # ... OR a product of coordinates (a list of products = their union)
+      model: [llama32_1b, r1_qwen_1_5b]                   # a config group: label v -> override model=v
+      method: {Normal: method=normal, XTF: [method=xtf]}  # label -> override(s)
+      threshold: {key: method.kn.threshold, values: [0.9, 0.95]}   # label str(v) -> key=v
+    exclude: [{method: CA, train: LoRA}]                  # combinations of labels not run
+    table:                       # rendered by xtf.tables (see there)
+      rows: [method]             # coordinates down the side (all but the last group the rows)
+      columns: [model]           # coordinates across the top
+      split: []                  # coordinates that make separate sub-tables
+      values: {accuracy: metrics.accuracy}   # record fields (dotted paths); or {name: {path, best, ...}}
+    plot: {kind: bar, value: accuracy}       # optional, see xtf.tables
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import math
+import contextlib
+import itertools
+import re
+import time
 from pathlib import Path
 
-import numpy as np
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+EXPERIMENTS = ROOT / "experiments"
+PAPER_NUMBERS = EXPERIMENTS / "paper_numbers.yaml"
+LISTED = "cell"  # the coordinate of a spec with listed cells
+_TOP_KEYS = ("name", "description", "base", "seeds", "cells", "grid", "exclude", "table", "plot")
+_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+
+
+class SpecError(ValueError):
+    """A malformed experiment spec; the message names the file, the key and what is allowed."""
+
+
+def _fail(path, key: str, problem: str) -> None:
+    raise SpecError(f"{path}: {key}: {problem}")
+
+
+def _overrides(path, key: str, value) -> list[str]:
+    """A string or a list of strings, each a Hydra override `key=value` (a config group's option must exist)."""
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not all(isinstance(o, str) for o in items):
+        _fail(path, key, f"expected an override string or a list of them, got {value!r}")
+    for o in items:
+        k, eq, v = o.partition("=")
+        k = k.lstrip("+~")
+        if not eq or not k:
+            _fail(path, key, f"{o!r} is not a Hydra override 'key=value'")
+        if (CONF / k).is_dir() and not (CONF / k / f"{v}.yaml").is_file() and v not in ("null", ""):
+            _fail(path, key, f"{o!r}: no option {v!r} in config group '{k}'; allowed: {group_options(k)}")
+    return list(items)
+
+
+def group_options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+def _coordinate(path, key: str, coord: str, value) -> dict[str, list[str]]:
+    """One coordinate of a grid → {label: overrides}, in the spec's order."""
+    if isinstance(value, list):  # shorthand for a config group: model: [a, b] -> model=a, model=b
+        if not (CONF / coord).is_dir():
+            _fail(path, key, f"a plain list of values needs '{coord}' to be a config group "
+                  f"({sorted(p.name for p in CONF.iterdir() if p.is_dir())}); otherwise write "
+                  f"{{label: override}} or {{key: <config key>, values: [...]}}")
+        return {str(v): _overrides(path, f"{key}.{v}", f"{coord}={v}") for v in value}
+    if isinstance(value, dict) and set(value) == {"key", "values"}:
+        if not isinstance(value["values"], list) or not value["values"]:
+            _fail(path, f"{key}.values", "expected a non-empty list")
+        return {str(v): _overrides(path, f"{key}.{v}", f"{value['key']}={v}") for v in value["values"]}
+    if isinstance(value, dict) and value:
+        return {str(label): _overrides(path, f"{key}.{label}", ov) for label, ov in value.items()}
+    _fail(path, key, "expected a list of config-group options, {label: overrides} or {key: ..., values: [...]}")
+
+
+def _grid_cells(path, grid, exclude) -> tuple[list[str], dict[str, dict]]:
+    """Grid → (coordinate names, {cell label: {"coords": {coord: label}, "overrides": [...]}}), product order."""
+    blocks = grid if isinstance(grid, list) else [grid]
+    if not blocks or not all(isinstance(b, dict) and b for b in blocks):
+        _fail(path, "grid", "expected a mapping {coordinate: values} or a non-empty list of such mappings")
+    coords = [str(c) for c in blocks[0]]
+    if LISTED in coords:
+        _fail(path, "grid", f"'{LISTED}' is reserved for listed cells; name the coordinate otherwise")
+    cells: dict[str, dict] = {}
+    for i, block in enumerate(blocks):
+        key = f"grid[{i}]" if isinstance(grid, list) else "grid"
+        if [str(c) for c in block] != coords:
+            _fail(path, key, f"every product must have the same coordinates in the same order: {coords}, "
+                  f"got {list(block)}")
+        axes = [list(_coordinate(path, f"{key}.{c}", c, block[c]).items()) for c in block]
+        for combo in itertools.product(*axes):
+            point = {c: label for c, (label, _) in zip(coords, combo)}
+            if any(all(point.get(k) == v for k, v in ex.items()) for ex in exclude):
+                continue
+            label = " / ".join(point.values())
+            if label in cells:
+                _fail(path, key, f"cell {label!r} appears twice")
+            cells[label] = {"coords": point, "overrides": [o for _, ov in combo for o in ov]}
+    return coords, cells
 
 
 def load_experiment(path: str | Path) -> dict:
-    """The experiment spec, checked: name, base (list of overrides), seeds, cells {label: [overrides]}, columns."""
+    """The experiment spec, checked and normalised: name, description, base, seeds, coords (coordinate names),
+    cells {label: cell-specific overrides}, points {label: {coord: label}}, labels {coord: [labels in order]},
+    table, plot, path. Errors name the file, the key and what is allowed (SpecError)."""
     path = Path(path)
-    spec = yaml.safe_load(path.read_text())
-    for key in ("name", "base", "seeds", "cells", "columns"):
-        if key not in spec:
-            raise ValueError(f"{path}: missing key '{key}'")
-    if not isinstance(spec["cells"], dict) or not spec["cells"]:
-        raise ValueError(f"{path}: 'cells' must map a row label to a list of overrides")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise SpecError(f"{path}: cannot read the spec: {e}") from e
+    if not isinstance(raw, dict):
+        _fail(path, "(top level)", "expected a mapping")
+    unknown = sorted(set(raw) - set(_TOP_KEYS))
+    if unknown:
+        _fail(path, unknown[0], f"unknown key; allowed: {list(_TOP_KEYS)}")
+    for key in ("name", "base", "seeds", "table"):
+        if key not in raw:
+            _fail(path, key, "missing (required: name, base, seeds, cells or grid, table)")
+    name = raw["name"]
+    if not isinstance(name, str) or not _NAME.match(name) or name != path.stem:
+        _fail(path, "name", f"{name!r} must be the file's name without .yaml ({path.stem!r})")
+    base = _overrides(path, "base", raw["base"]) if raw["base"] else []
+    seeds = raw["seeds"]
+    if (not isinstance(seeds, list) or not seeds or len(set(seeds)) != len(seeds)
+            or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)):
+        _fail(path, "seeds", f"expected a non-empty list of distinct integers >= 0, got {seeds!r}")
+    if ("cells" in raw) == ("grid" in raw):
+        _fail(path, "cells/grid", "give exactly one of 'cells' (listed) or 'grid' (a product of coordinates)")
+    exclude = raw.get("exclude") or []
+    if "cells" in raw:
+        if exclude:
+            _fail(path, "exclude", "only for a grid; with listed cells, leave the cell out")
+        if not isinstance(raw["cells"], dict) or not raw["cells"]:
+            _fail(path, "cells", "expected a mapping {row label: overrides}")
+        coords = [LISTED]
+        cells = {str(label): {"coords": {LISTED: str(label)}, "overrides": _overrides(path, f"cells.{label}", ov)}
+                 for label, ov in raw["cells"].items()}
+    else:
+        if not isinstance(exclude, list) or not all(isinstance(e, dict) and e for e in exclude):
+            _fail(path, "exclude", "expected a list of mappings {coordinate: label}")
+        exclude = [{str(k): str(v) for k, v in e.items()} for e in exclude]
+        coords, cells = _grid_cells(path, raw["grid"], [])
+        labels = {c: {cell["coords"][c] for cell in cells.values()} for c in coords}
+        for i, ex in enumerate(exclude):
+            for k, v in ex.items():
+                if k not in coords:
+                    _fail(path, f"exclude[{i}]", f"unknown coordinate {k!r}; coordinates: {coords}")
+                if v not in labels[k]:
+                    _fail(path, f"exclude[{i}].{k}", f"unknown label {v!r}; labels: {sorted(labels[k])}")
+        coords, cells = _grid_cells(path, raw["grid"], exclude)
+        if not cells:
+            _fail(path, "exclude", "excludes every cell")
+    spec = {
+        "name": name, "description": str(raw.get("description") or "").strip(), "base": base, "seeds": seeds,
+        "coords": coords,
+        "cells": {label: c["overrides"] for label, c in cells.items()},
+        "points": {label: c["coords"] for label, c in cells.items()},
+        "labels": {c: list(dict.fromkeys(cell["coords"][c] for cell in cells.values())) for c in coords},
+        "path": str(path),
+    }
+    _check_duplicates(path, "base", base)
+    for label in spec["cells"]:
+        _check_duplicates(path, f"cell {label!r}", spec["cells"][label])
+    from xtf import tables  # the table and plot layouts are checked where they are rendered
+
+    spec["table"] = tables.check_table(path, raw["table"], spec)
+    spec["plot"] = tables.check_plot(path, raw.get("plot"), spec) if raw.get("plot") else None
     return spec
+
+
+def _check_duplicates(path, where: str, overrides: list[str]) -> None:
+    """A key set twice in `base`, or twice by one cell (two coordinates), is a mistake; a cell may override a
+    base key (Hydra applies overrides in order: the cell's comes last and wins)."""
+    keys = [o.partition("=")[0].lstrip("+~") for o in overrides]
+    for key in ("seed", "experiment"):
+        if key in keys:
+            _fail(path, where, f"'{key}=' is set by the spec (seeds, name), not by an override")
+    dup = sorted({k for k in keys if keys.count(k) > 1})
+    if dup:
+        _fail(path, where, f"key {dup[0]!r} is set twice")
 
 
 def cell_overrides(spec: dict, label: str, seed: int) -> list[str]:
@@ -41,121 +211,93 @@ def expand(spec: dict) -> list[tuple[str, int, list[str]]]:
     return [(label, seed, cell_overrides(spec, label, seed)) for label in spec["cells"] for seed in spec["seeds"]]
 
 
-def compose_cell(overrides: list[str]):
+@contextlib.contextmanager
+def composer():
+    """A function overrides -> validated RunConfig, with Hydra initialised once (~0.1 s a compose, not 0.2)."""
     from hydra import compose, initialize_config_dir
 
     from xtf.config import register_schema, validate
 
     register_schema()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return validate(compose(config_name="config", overrides=overrides))
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        yield lambda overrides: validate(compose(config_name="config", overrides=overrides))
 
 
-def run_grid(spec: dict) -> list[tuple[str, int, str | None]]:
-    """Run every (cell, seed) in this process; one failing cell never stops the others. Returns failures."""
+def compose_cell(overrides: list[str]):
+    with composer() as compose:
+        return compose(overrides)
+
+
+def run_grid(spec: dict) -> list[tuple[str, int, str]]:
+    """Run every (cell, seed) in this process; complete runs are skipped (pipeline.run); one failing cell never
+    stops the others. Returns the failures."""
     from xtf.pipeline import run
 
     failures = []
-    for label in spec["cells"]:
-        for seed in spec["seeds"]:
+    runs = expand(spec)
+    start = time.perf_counter()
+    with composer() as compose:
+        for i, (label, seed, overrides) in enumerate(runs, 1):
+            print(f"[xtf] {spec['name']} run {i}/{len(runs)}: {label} seed {seed}")
             try:
-                run(compose_cell(cell_overrides(spec, label, seed)))
+                run(compose(overrides))
             except Exception as e:  # noqa: BLE001 - reported at the end, the grid goes on
                 failures.append((label, seed, f"{type(e).__name__}: {e}"))
                 print(f"[xtf] cell {label} seed {seed} FAILED: {type(e).__name__}: {e}")
+    print(f"[xtf] {spec['name']}: {len(runs)} runs in {time.perf_counter() - start:.1f} s")
     return failures
 
 
 def collect(spec: dict) -> dict[str, list[dict]]:
-    """Complete records per cell label (missing runs are simply absent)."""
+    """Complete local records per cell label, found by composing each run's config (its run id); missing runs
+    are simply absent. An experiment with no record at all is answered without composing every run."""
     from xtf.results import load_record, run_dir
 
+    runs = expand(spec)
     out: dict[str, list[dict]] = {}
-    for label in spec["cells"]:
-        for seed in spec["seeds"]:
-            record = load_record(run_dir(compose_cell(cell_overrides(spec, label, seed))))
+    with composer() as compose:
+        folder = run_dir(compose(runs[0][2])).parent
+        if not any(folder.glob("*/results.json")):
+            return out
+        for label, _seed, overrides in runs:
+            record = load_record(run_dir(compose(overrides)))
             if record:
                 out.setdefault(label, []).append(record)
     return out
 
 
-def metric(record: dict, path: str):
-    """A value from a record by dotted path (e.g. "metrics.accuracy", "detection.filler.mask.f1"); None if absent."""
-    value = record
-    for part in path.split("."):
-        if not isinstance(value, dict) or part not in value:
-            return None
-        value = value[part]
-    return value if isinstance(value, (int, float)) else None
-
-
-def summarise(values: list) -> tuple[float, float, int] | None:
-    vals = [v for v in values if v is not None and math.isfinite(v)]
-    if not vals:
-        return None
-    return float(np.mean(vals)), float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0, len(vals)
-
-
-def table_markdown(spec: dict, records: dict[str, list[dict]]) -> str:
-    """Rows = cells, columns = spec columns, "mean ± std (n)"; a missing cell shows "—", never 0."""
-    cols = spec["columns"]
-    lines = ["| method | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
-    for label in spec["cells"]:
-        cells = []
-        for path in cols.values():
-            s = summarise([metric(r, path) for r in records.get(label, [])])
-            cells.append("—" if s is None else f"{s[0]:.3f} ± {s[1]:.3f} ({s[2]})")
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def plot(spec: dict, records: dict[str, list[dict]], column: str, out: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    labels, means, stds = [], [], []
-    for label in spec["cells"]:
-        s = summarise([metric(r, spec["columns"][column]) for r in records.get(label, [])])
-        if s:
-            labels.append(label)
-            means.append(s[0])
-            stds.append(s[1])
-    fig, ax = plt.subplots(figsize=(max(6, 0.8 * len(labels)), 3.6))
-    ax.bar(labels, means, yerr=stds, color="#78909c", capsize=3)
-    ax.set_ylabel(column)
-    ax.set_title(f"{spec['name']}: {column} (mean ± std over seeds)")
-    plt.setp(ax.get_xticklabels(), rotation=40, ha="right", rotation_mode="anchor")
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-
-
-def write_tables(spec: dict, out_dir: Path | None = None) -> Path:
-    out_dir = Path(out_dir or ROOT / "results" / "tables")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    records = collect(spec)
-    md = table_markdown(spec, records)
-    header = f"# {spec['name']}\n\n{spec.get('description', '').strip()}\n\n"
-    (out_dir / f"{spec['name']}.md").write_text(header + md)
-    (out_dir / f"{spec['name']}.json").write_text(json.dumps(
-        {label: [r["run_id"] for r in rs] for label, rs in records.items()}, indent=1))
-    if records and spec.get("plot"):
-        plot(spec, records, spec["plot"], out_dir / f"{spec['name']}.png")
-    print(md)
-    return out_dir / f"{spec['name']}.md"
+def spec_files() -> list[Path]:
+    return sorted(p for p in EXPERIMENTS.glob("*.yaml") if p != PAPER_NUMBERS)
 
 
 def main(argv: list[str] | None = None) -> None:
+    from xtf import tables
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("spec")
-    parser.add_argument("--table", action="store_true", help="only build the table from existing records")
+    parser.add_argument("spec", nargs="?", help="experiments/<name>.yaml")
+    parser.add_argument("--table", action="store_true", help="only build its tables from existing records")
+    parser.add_argument("--no-table", action="store_true", help="only run the missing runs")
+    parser.add_argument("--tables", action="store_true", help="build the tables of every experiments/*.yaml "
+                        "that has records (no run)")
+    parser.add_argument("--list", action="store_true", help="print every run (label, seed, overrides)")
+    parser.add_argument("--out", default=str(ROOT / "results" / "tables"), help="where tables go")
     args = parser.parse_args(argv)
+    if args.tables:
+        start = time.perf_counter()
+        for path in spec_files():
+            tables.write_tables(load_experiment(path), args.out, skip_empty=True)
+        print(f"[xtf] tables in {time.perf_counter() - start:.1f} s")
+        return
+    if not args.spec:
+        parser.error("give a spec file, or --tables")
     spec = load_experiment(args.spec)
+    if args.list:
+        for label, seed, overrides in expand(spec):
+            print(f"{label}\tseed={seed}\t{' '.join(overrides)}")
+        return
     failures = [] if args.table else run_grid(spec)
-    path = write_tables(spec)
-    print(f"[xtf] table: {path}")
+    if not args.no_table:
+        tables.write_tables(spec, args.out)
     for label, seed, why in failures:
         print(f"[xtf] FAILED cell {label} seed {seed}: {why}")
     if failures:

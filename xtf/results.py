@@ -165,7 +165,7 @@ def wandb_mirror(cfg: RunConfig, rid: str):
     run = wandb.init(
         project=cfg.wandb.project, entity=cfg.wandb.entity, mode=cfg.wandb.mode, dir=str(wandb_dir),
         name=rid, id=f"{rid}-{int(time.time())}", group=cfg.experiment,
-        tags=[cfg.model.name, cfg.task.name, cfg.method.name, cfg.train.name],
+        tags=[cfg.model.name, cfg.task.name, cfg.method.name, cfg.train.name, f"experiment:{cfg.experiment}"],
         job_type=cfg.method.name, config=dataclasses.asdict(cfg), reinit="finish_previous",
     )
     try:

@@ -1,0 +1,160 @@
+"""Tables from hand-made records in a tmp results dir: mean ± std computed by hand, the best in bold, a missing
+cell as "—" (never 0), (n=k) for partial cells, the paper column with its number, LaTeX escapes and \\textbf;
+and the spec checks: a bad spec fails naming the file, the key and what is allowed."""
+
+import json
+
+import pytest
+from conftest import ROOT
+
+from xtf.experiment import SpecError, expand, load_experiment, spec_files
+from xtf.results import run_dir
+from xtf.tables import build, paper_values_for, tex_escape, to_markdown, write_tables
+
+SPEC = """
+name: demo
+description: A hand-made table.
+base: [model=tiny, task=synth, "paths.results_dir={results}"]
+seeds: [0, 1]
+grid:
+  method: {{Normal: method=normal, XTF: method=xtf, TC_10%: method=tc}}
+  lr: {{key: train.lr, values: [0.001, 0.002]}}
+table:
+  rows: [method]
+  columns: [lr]
+  values:
+    accuracy: metrics.accuracy
+    kept: {{path: mask.kept_fraction, best: none}}
+  scale: 100
+  digits: 1
+  paper: demo
+"""
+PAPER = """
+source: {arxiv: "0000.00000", version: v1}
+tables:
+  demo: {table: Table 9, status: partial, values: {"XTF/0.001/accuracy": 84.2}}
+"""
+# cell label -> {seed: accuracy}; kept fraction 0.5 everywhere
+ACC = {"Normal / 0.001": {0: 0.5, 1: 0.7},   # 60.0 ± 14.1 (sample std: sqrt(0.02))
+       "XTF / 0.001": {1: 0.8},                # 80.0 (n=1), bold
+       "Normal / 0.002": {0: 0.4, 1: 0.4},     # 40.0 ± 0.0, bold
+       "TC_10% / 0.002": {0: 0.3, 1: 0.2}}     # 25.0 ± 7.1
+
+
+def _spec(tmp_path, text=SPEC, name="demo"):
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(text.format(results=tmp_path / "results"))
+    return load_experiment(path)
+
+
+def _write_records(spec, tmp_path):
+    from xtf.experiment import composer
+
+    with composer() as compose:
+        for label, seed, overrides in expand(spec):
+            folder = run_dir(compose(overrides))
+            folder.mkdir(parents=True)
+            acc = ACC.get(label, {}).get(seed)
+            status = "complete" if acc is not None else "running"   # an incomplete run is never counted
+            (folder / "results.json").write_text(json.dumps({
+                "status": status, "run_id": folder.name, "metrics": {"accuracy": acc if acc is not None else 0.0},
+                "mask": {"kept_fraction": 0.5}}))
+
+
+def _row(md, label):
+    return next(line for line in md.splitlines() if line.startswith(f"| {label} |"))
+
+
+def test_table_from_records(tmp_path):
+    spec = _spec(tmp_path)
+    _write_records(spec, tmp_path)
+    paper = tmp_path / "paper.yaml"
+    paper.write_text(PAPER)
+    out = tmp_path / "tables"
+    write_tables(spec, out, paper_numbers=paper)
+    md = (out / "demo.md").read_text()
+    head = next(line for line in md.splitlines() if line.startswith("| method |"))
+    assert head == ("| method | 0.001 / accuracy / ours | 0.001 / accuracy / paper | 0.001 / kept / ours | "
+                    "0.001 / kept / paper | 0.002 / accuracy / ours | 0.002 / accuracy / paper | 0.002 / kept / ours "
+                    "| 0.002 / kept / paper |")
+    assert _row(md, "Normal") == "| Normal | 60.0 ± 14.1 | — | 50.0 ± 0.0 | — | **40.0 ± 0.0** | — | 50.0 ± 0.0 | — |"
+    assert _row(md, "XTF") == "| XTF | **80.0 (n=1)** | 84.2 | 50.0 (n=1) | — | — | — | — | — |"
+    assert _row(md, "TC_10%") == "| TC_10% | — | — | — | — | 25.0 ± 7.1 | — | 50.0 ± 0.0 | — |"
+    assert "1 of 12 numbers transcribed" in md and "7 of 12 runs complete" in md
+    tex = (out / "demo.tex").read_text()
+    assert r"\textbf{80.0 (n=1)} & 84.2" in tex and r"TC\_10\% & --- & ---" in tex
+    assert r"\textbf{40.0 $\pm$ 0.0}" in tex
+    assert r"\multicolumn{4}{c}{0.001}" in tex and r"\cmidrule(lr){2-5}" in tex
+    runs = json.loads((out / "demo.json").read_text())
+    assert len(runs["Normal / 0.001"]) == 2 and "TC_10% / 0.001" not in runs
+
+
+def test_no_records_leaves_the_committed_table_alone(tmp_path):
+    spec = _spec(tmp_path)
+    out = tmp_path / "tables"
+    assert write_tables(spec, out, skip_empty=True) is None and not out.exists()
+
+
+def test_best_per_row_and_min(tmp_path):
+    text = SPEC.replace("paper: demo", "best: row").replace("kept: {{path: mask.kept_fraction, best: none}}",
+                                                             "kept: {{path: mask.kept_fraction, best: min}}")
+    spec = _spec(tmp_path, text)
+    records = {"Normal / 0.001": [{"metrics": {"accuracy": 0.5}, "mask": {"kept_fraction": 0.9}}],
+               "Normal / 0.002": [{"metrics": {"accuracy": 0.6}, "mask": {"kept_fraction": 0.8}}]}
+    md = to_markdown(build(spec, records, None))
+    assert _row(md, "Normal") == "| Normal | 50.0 (n=1) | 90.0 (n=1) | **60.0 (n=1)** | **80.0 (n=1)** |"
+    assert _row(md, "XTF") == "| XTF | — | — | — | — |"
+
+
+def test_tex_escape():
+    assert tex_escape("a_b & 5% #1 {x} ~^\\ ± × — >") == (
+        r"a\_b \& 5\% \#1 \{x\} \textasciitilde{}\textasciicircum{}\textbackslash{} $\pm$ $\times$ --- $>$")
+
+
+def _bad(tmp_path, text, name="demo"):
+    with pytest.raises(SpecError) as e:
+        _spec(tmp_path, text, name)
+    msg = str(e.value)
+    assert f"{name}.yaml" in msg
+    return msg
+
+
+@pytest.mark.parametrize("change, expected", [
+    (("name: demo", "name: other"), "name: 'other' must be the file's name"),
+    (("seeds: [0, 1]", "seeds: [0, 0]"), "seeds: expected a non-empty list of distinct integers"),
+    (("description:", "colour: red\ndescription:"), "colour: unknown key; allowed: ['name',"),
+    (("method=xtf,", "method=xtff,"), "no option 'xtff' in config group 'method'; allowed: ['df', 'none'"),
+    (("rows: [method]", "rows: [methods]"), "table.rows: unknown coordinate 'methods'; coordinates of this spec:"),
+    (("columns: [lr]", "columns: []"), "coordinate 'lr' is in neither rows, columns nor split"),
+    (("best: none}}", "best: mean}}"), "table.values.kept.best: 'mean' is not allowed; choose one of ['max', 'min'"),
+    (("lr: {{key:", "lr: [0.1]\n  x: {{key:"), "a plain list of values needs 'lr' to be a config group"),
+    (("grid:", "cells: {{a: []}}\ngrid:"), "give exactly one of 'cells' (listed) or 'grid'"),
+    (("table:", "exclude: [{{method: SLM}}]\ntable:"), "exclude[0].method: unknown label 'SLM'; labels: ['Normal'"),
+    (("XTF: method=xtf", "XTF: [method=xtf, train.lr=1]"), "cell 'XTF / 0.001': key 'train.lr' is set twice"),
+    (("model=tiny,", "model=tiny, seed=3,"), "base: 'seed=' is set by the spec"),
+])
+def test_spec_errors_name_file_key_and_choices(tmp_path, change, expected):
+    assert expected in _bad(tmp_path, SPEC.replace(*change))
+
+
+def test_paper_numbers_checked_against_the_spec(tmp_path):
+    spec = _spec(tmp_path)
+    paper = tmp_path / "paper.yaml"
+    paper.write_text(PAPER.replace("demo:", "other:"))
+    with pytest.raises(SpecError, match=r"table.paper: 'demo' is not a table of .*allowed: \['other'\]"):
+        paper_values_for(spec, paper)
+    paper.write_text(PAPER.replace("XTF/0.001", "XTF/0.003"))
+    with pytest.raises(SpecError, match="'XTF/0.003/accuracy' matches no cell"):
+        paper_values_for(spec, paper)
+
+
+def test_committed_specs_and_paper_numbers_load():
+    """Every experiments/*.yaml is valid, and every paper number has a cell (no compose: milliseconds)."""
+    names = set()
+    for path in spec_files():
+        spec = load_experiment(path)
+        paper_values_for(spec)
+        names.add(spec["name"])
+    assert {"noise_benchmark", "threshold_sweep", "table1", "table2", "code_passk"} <= names
+    text = (ROOT / "experiments" / "paper_numbers.yaml").read_text()
+    assert "2602.14536" in text and "transcription:" in text
