@@ -45,7 +45,7 @@ test-gpu: install
 	$(PY) -m pytest -q -m gpu $(PYTEST_ARGS)
 
 lint: install
-	$(PY) -m ruff check xtf tests run.py
+	$(PY) -m ruff check xtf tests run.py hydra_plugins experiments
 
 bench-scoring: install
 	$(PY) experiments/bench_scoring.py $(ARGS)

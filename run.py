@@ -1,14 +1,13 @@
 """The doorway: compose the config with Hydra, validate it, run one experiment cell.
-
     python run.py                                        # the embedded default: synth task, tiny model
-    python run.py model=llama3 task=gsm8k method=normal  # a paper cell
-    python run.py -m method=normal,normal_x2 seed=0,1,2  # a local sweep
+    python run.py -m method=normal,xtf seed=0,1,2        # a sweep (cluster=slurm: on SLURM; slurm/README.md)
 """
 
 import logging
-import sys
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from xtf.config import register_schema
@@ -22,13 +21,19 @@ def main(cfg: DictConfig) -> None:
     from xtf.config import ConfigError, validate
     from xtf.models import WeightsNotFound
     from xtf.pipeline import run
+    from xtf.sandbox import SandboxUnavailable
     from xtf.tasks.common import DataError
 
+    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
+        if not multirun and HydraConfig.get().sweeper.get("experiment_file"):
+            raise ConfigError("hydra.sweeper.experiment_file runs an experiment's grid: add -m (or: make sweep EXP=)")
         run(validate(cfg))
-    except (ConfigError, WeightsNotFound, DataError) as e:  # user errors: a clear message, no traceback
+    except (ConfigError, WeightsNotFound, DataError, SandboxUnavailable) as e:  # user errors: no traceback
+        if multirun:
+            raise  # the sweeper reports it with its cell; exiting here would end the whole sweep
         log.error("%s: %s", type(e).__name__, e)
-        sys.exit(2)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":
