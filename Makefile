@@ -58,8 +58,10 @@ bench-noise: install
 # One experiment (experiments/$(EXP).yaml): every run of its grid that is not complete yet, on CLUSTER=local|slurm.
 EXP ?= noise_benchmark
 CLUSTER ?= local
+# STAND_IN=1: the experiment's tiny-model variant (every real model → a tiny CPU model; results under <EXP>_tiny).
 sweep: install
-	$(PY) run.py -m hydra.sweeper.experiment_file=experiments/$(EXP).yaml cluster=$(CLUSTER) $(ARGS)
+	$(PY) run.py -m hydra.sweeper.experiment_file=experiments/$(EXP).yaml cluster=$(CLUSTER) \
+	  $(if $(STAND_IN),hydra.sweeper.stand_in=true) $(ARGS)
 
 # Every table (experiments/*.yaml) that has complete runs, from the local records only → results/tables/.
 tables: install

@@ -82,3 +82,27 @@ def test_threshold_sweep_cells():
 def test_metric_paths():
     assert metric({"x": {"y": 3}}, "x.y") == 3 and metric({"x": {}}, "x.y") is None
     assert metric({"metrics": {"pass@1": 0.5}}, "metrics.pass@1") == 0.5 and metric({"a": True}, "a") is None
+
+
+def test_stand_in_variant_swaps_real_models_for_tiny_ones_and_keeps_the_layout(tmp_path):
+    import pytest
+
+    from xtf.experiment import SpecError
+
+    spec_text = GRID.replace("base: [model=tiny]", "base: [model=llama32_1b]") + (
+        "stand_in: {models: {llama32_1b: tiny_qwen2}, seeds: [3], overrides: [data.limit=8]}\n")
+    (tmp_path / "g.yaml").write_text(spec_text)
+    real, tiny = load_experiment(tmp_path / "g.yaml"), load_experiment(tmp_path / "g.yaml", stand_in=True)
+    assert tiny["name"] == "g_tiny" and tiny["seeds"] == [3] and list(tiny["cells"]) == list(real["cells"])
+    assert tiny["table"] == real["table"] and "Stand-in run" in tiny["description"]
+    _, seed, overrides = expand(tiny)[0]
+    assert overrides[:2] == ["model=tiny_qwen2", "data.limit=8"] and overrides[-2:] == ["seed=3", "experiment=g_tiny"]
+    with composer() as compose:  # every stand-in run is a valid tiny-model config, under its own experiment
+        cfg = compose(overrides)
+        assert cfg.model.name == "tiny_qwen2" and cfg.experiment == "g_tiny" and cfg.data.limit == 8
+    (tmp_path / "g.yaml").write_text(GRID)
+    with pytest.raises(SpecError, match="stand_in"):
+        load_experiment(tmp_path / "g.yaml", stand_in=True)
+    for path in spec_files():  # the paper tables all have a runnable stand-in
+        if path.stem in ("table1", "table2", "code_passk"):
+            assert all("model=tiny" in o for _, _, o in expand(load_experiment(path, stand_in=True)))

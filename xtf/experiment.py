@@ -46,7 +46,8 @@ CONF = ROOT / "conf"
 EXPERIMENTS = ROOT / "experiments"
 PAPER_NUMBERS = EXPERIMENTS / "paper_numbers.yaml"
 LISTED = "cell"  # the coordinate of a spec with listed cells
-_TOP_KEYS = ("name", "description", "base", "seeds", "cells", "grid", "exclude", "table", "plot")
+_TOP_KEYS = ("name", "description", "base", "seeds", "cells", "grid", "exclude", "table", "plot", "stand_in")
+STAND_IN_SUFFIX = "_tiny"
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 
 
@@ -120,10 +121,15 @@ def _grid_cells(path, grid, exclude) -> tuple[list[str], dict[str, dict]]:
     return coords, cells
 
 
-def load_experiment(path: str | Path) -> dict:
+def load_experiment(path: str | Path, stand_in: bool = False) -> dict:
     """The experiment spec, checked and normalised: name, description, base, seeds, coords (coordinate names),
     cells {label: cell-specific overrides}, points {label: {coord: label}}, labels {coord: [labels in order]},
-    table, plot, path. Errors name the file, the key and what is allowed (SpecError)."""
+    table, plot, path. Errors name the file, the key and what is allowed (SpecError).
+
+    stand_in=True: the spec's `stand_in` variant — the same grid and table layout with every real model replaced
+    by a tiny CPU model (`stand_in.models`, default `tiny`), plus `stand_in.overrides` (small data) and
+    `stand_in.seeds`, recorded under the experiment `<name>_tiny`: the whole path from runs to the paper's table
+    layout, checked on a laptop before any GPU hour is spent. Its numbers say nothing about the paper's."""
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text())
@@ -186,7 +192,33 @@ def load_experiment(path: str | Path) -> dict:
 
     spec["table"] = tables.check_table(path, raw["table"], spec)
     spec["plot"] = tables.check_plot(path, raw.get("plot"), spec) if raw.get("plot") else None
-    return spec
+    spec["has_stand_in"] = "stand_in" in raw
+    return _stand_in(path, spec, raw.get("stand_in")) if stand_in else spec
+
+
+def _stand_in(path: Path, spec: dict, block) -> dict:
+    """The spec with real models swapped for tiny ones (see load_experiment)."""
+    if not isinstance(block, dict):
+        _fail(path, "stand_in", "this experiment has no 'stand_in' block {models, overrides, seeds}")
+    unknown = sorted(set(block) - {"models", "default_model", "overrides", "seeds"})
+    if unknown:
+        _fail(path, f"stand_in.{unknown[0]}", "unknown key; allowed: ['models', 'default_model', 'overrides', 'seeds']")
+    models, default = dict(block.get("models") or {}), str(block.get("default_model", "tiny"))
+
+    def swap(overrides: list[str]) -> list[str]:
+        return [f"model={models.get(o[6:], default)}" if o.startswith("model=") else o for o in overrides]
+
+    seeds = block.get("seeds", spec["seeds"])
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(x, int) and x >= 0 for x in seeds):
+        _fail(path, "stand_in.seeds", f"expected a non-empty list of integers >= 0, got {seeds!r}")
+    extra = _overrides(path, "stand_in.overrides", block.get("overrides") or [])
+    return {**spec, "name": spec["name"] + STAND_IN_SUFFIX, "seeds": seeds,
+            "base": swap(spec["base"]) + extra,
+            "cells": {label: swap(ov) for label, ov in spec["cells"].items()},
+            "description": ("**Stand-in run:** every model column is a tiny CPU model (" + (
+                ", ".join(f"{k} → {v}" for k, v in models.items()) or f"all → {default}") + f"; "
+                f"{' '.join(extra)}). It checks the path from runs to this table; its numbers say nothing about "
+                f"the paper's.\n\n" + spec["description"])}
 
 
 def _check_duplicates(path, where: str, overrides: list[str]) -> None:
@@ -285,7 +317,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.tables:
         start = time.perf_counter()
         for path in spec_files():
-            tables.write_tables(load_experiment(path), args.out, skip_empty=True)
+            spec = load_experiment(path)
+            tables.write_tables(spec, args.out, skip_empty=True)
+            if spec["has_stand_in"]:
+                tables.write_tables(load_experiment(path, stand_in=True), args.out, skip_empty=True)
         print(f"[xtf] tables in {time.perf_counter() - start:.1f} s")
         return
     if not args.spec:

@@ -4,6 +4,7 @@ under cluster=slurm), then a per-cell summary; the exit status is non-zero when 
     python run.py -m method=normal,xtf seed=0,1,2                                  # 6 cells, on this machine
     python run.py -m cluster=slurm hydra.sweeper.experiment_file=experiments/noise_benchmark.yaml
     python run.py -m cluster=slurm hydra.sweeper.experiment_file=experiments/noise_benchmark.yaml model=tiny_qwen2
+    python run.py -m hydra.sweeper.experiment_file=experiments/table1.yaml hydra.sweeper.stand_in=true  # tiny models
 
 The cells are either the command line's cartesian product (as Hydra's BasicSweeper builds it) or, with
 `hydra.sweeper.experiment_file`, the experiment's runs (xtf.experiment.expand) times any command-line sweep.
@@ -96,9 +97,11 @@ def read_failure(folder: Path) -> Optional[dict]:
 
 
 class XtfSweeper(Sweeper):
-    def __init__(self, experiment_file: Optional[str] = None, params: Optional[dict] = None) -> None:
+    def __init__(self, experiment_file: Optional[str] = None, params: Optional[dict] = None,
+                 stand_in: bool = False) -> None:
         super().__init__()
         self.experiment_file = experiment_file
+        self.stand_in = stand_in  # the experiment's tiny-model variant (xtf.experiment.load_experiment)
         self.params = dict(params or {})
         self.hydra_context = self.config = self.launcher = None
 
@@ -124,7 +127,7 @@ class XtfSweeper(Sweeper):
         from xtf.experiment import expand, load_experiment
 
         try:
-            spec = load_experiment(to_absolute_path(self.experiment_file))
+            spec = load_experiment(to_absolute_path(self.experiment_file), stand_in=self.stand_in)
         except (OSError, ValueError) as e:  # SpecError names the file, the key and what is allowed
             print(f"[xtf] hydra.sweeper.experiment_file: {type(e).__name__}: {e}")
             raise SystemExit(2) from None
