@@ -106,6 +106,15 @@ def test_best_per_row_and_min(tmp_path):
     assert _row(md, "XTF") == "| XTF | — | — | — | — |"
 
 
+def test_a_group_where_every_value_ties_has_no_bold(tmp_path):
+    spec = _spec(tmp_path, SPEC.replace("paper: demo", "best: row"))
+    records = {"Normal / 0.001": [{"metrics": {"accuracy": 0.5}}], "Normal / 0.002": [{"metrics": {"accuracy": 0.5}}],
+               "XTF / 0.001": [{"metrics": {"accuracy": 0.5}}], "XTF / 0.002": [{"metrics": {"accuracy": 0.7}}]}
+    md = to_markdown(build(spec, records, None))
+    assert "**" not in _row(md, "Normal")  # 50.0 and 50.0: nothing is best
+    assert "**70.0 (n=1)**" in _row(md, "XTF") and "**50.0" not in _row(md, "XTF")
+
+
 def test_tex_escape():
     assert tex_escape("a_b & 5% #1 {x} ~^\\ ± × — >") == (
         r"a\_b \& 5\% \#1 \{x\} \textasciitilde{}\textasciicircum{}\textbackslash{} $\pm$ $\times$ --- $>$")

@@ -262,7 +262,8 @@ def _cell(label, point, col, records, paper_values, t, n_seeds) -> dict:
 
 
 def _bold(rows, columns, t) -> None:
-    """Mark the best of each group (as displayed, so equal-looking numbers are all bold); groups of one stay plain."""
+    """Mark the best of each group (as displayed, so equal-looking numbers are all bold); groups of one, and groups
+    where every value ties (nothing is best), stay plain."""
     if t["best"] == "none":
         return
     groups: dict[tuple, list[dict]] = {}
@@ -280,6 +281,8 @@ def _bold(rows, columns, t) -> None:
             continue
         pick = max if members[0][0]["best"] == "max" else min
         best = pick(float(cell["mean"]) for _, cell in members)
+        if all(float(cell["mean"]) == best for _, cell in members):
+            continue
         for _, cell in members:
             cell["bold"] = float(cell["mean"]) == best
 
