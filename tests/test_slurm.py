@@ -98,8 +98,17 @@ def test_cancelled_cell_reruns_alone_and_a_preempted_cell_resumes(cluster, tmp_p
     # (USR2, what SLURM sends before a preemption or the time limit), and submitit requeues it.
     todo = {0: ["scancel"], 1: ["scancel", "--signal=USR2"]}
 
+    def complete_checkpoint(i):  # trainer_state.json is written last (xtf.train.last_checkpoint); a checkpoint
+        for ckpt in ckpts[i].glob("checkpoint-*"):  # directory alone may still be half-written on a busy CPU
+            try:
+                json.loads((ckpt / "trainer_state.json").read_text())
+                return True
+            except (OSError, ValueError):
+                pass
+        return False
+
     def act():
-        for i in [i for i in todo if list(ckpts[i].glob("checkpoint-*"))]:
+        for i in [i for i in todo if complete_checkpoint(i)]:
             job = task(i)
             if job:
                 slurm(env, *todo.pop(i), job)
