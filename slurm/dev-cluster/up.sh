@@ -34,7 +34,7 @@ fi
 # Packages.
 need=()
 for pair in slurmctld:slurm-wlm slurmd:slurm-wlm munged:munge slurmdbd:slurmdbd mariadbd:mariadb-server; do
-  command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
+  command -v "${pair%%:*}" >/dev/null 2>&1 || [[ " ${need[*]} " == *" ${pair#*:} "* ]] || need+=("${pair#*:}")
 done
 if [ "${#need[@]}" -gt 0 ]; then
   [ "$(id -u)" = 0 ] || die "missing packages: ${need[*]} (install them, or run as root to apt-install)" 3
