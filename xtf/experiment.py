@@ -1,6 +1,7 @@
 """Experiments as data: one YAML file per paper artifact names its grid (shared overrides, cells or a product of
-coordinates, seeds) and its table layout; this module expands it into runs, runs the missing ones in-process
-(a complete run is skipped, so a relaunch runs only missing cells) and builds its tables from the local records.
+coordinates, seeds) and its table layout; this module expands it into runs, runs the missing ones through the
+Hydra sweeper (a complete run is skipped, so a relaunch runs only missing cells) and builds its tables from the
+local records.
 
     python -m xtf.experiment experiments/threshold_sweep.yaml           # run missing cells, then the tables
     python -m xtf.experiment experiments/noise_benchmark.yaml --table   # the tables from existing records only
@@ -239,7 +240,7 @@ def cell_overrides(spec: dict, label: str, seed: int) -> list[str]:
 
 def expand(spec: dict) -> list[tuple[str, int, list[str]]]:
     """Every run of the experiment: (cell label, seed, Hydra overrides), in table order. The one place that
-    turns a spec into runs (the in-process grid, the Hydra sweeper and the tables all use it)."""
+    turns a spec into runs (the Hydra sweeper and the tables both use it)."""
     return [(label, seed, cell_overrides(spec, label, seed)) for label in spec["cells"] for seed in spec["seeds"]]
 
 
@@ -255,29 +256,14 @@ def composer():
         yield lambda overrides: validate(compose(config_name="config", overrides=overrides))
 
 
-def compose_cell(overrides: list[str]):
-    with composer() as compose:
-        return compose(overrides)
+def run_missing(path: str | Path) -> int:
+    """Run the experiment's missing runs through the one grid engine, the Hydra sweeper (the same as
+    `make sweep EXP=<name>`: complete cells skipped, one batch, a per-cell summary); its exit status."""
+    import subprocess
+    import sys
 
-
-def run_grid(spec: dict) -> list[tuple[str, int, str]]:
-    """Run every (cell, seed) in this process; complete runs are skipped (pipeline.run); one failing cell never
-    stops the others. Returns the failures."""
-    from xtf.pipeline import run
-
-    failures = []
-    runs = expand(spec)
-    start = time.perf_counter()
-    with composer() as compose:
-        for i, (label, seed, overrides) in enumerate(runs, 1):
-            print(f"[xtf] {spec['name']} run {i}/{len(runs)}: {label} seed {seed}")
-            try:
-                run(compose(overrides))
-            except Exception as e:  # noqa: BLE001 - reported at the end, the grid goes on
-                failures.append((label, seed, f"{type(e).__name__}: {e}"))
-                print(f"[xtf] cell {label} seed {seed} FAILED: {type(e).__name__}: {e}")
-    print(f"[xtf] {spec['name']}: {len(runs)} runs in {time.perf_counter() - start:.1f} s")
-    return failures
+    cmd = [sys.executable, str(ROOT / "run.py"), "-m", f"hydra.sweeper.experiment_file={Path(path).resolve()}"]
+    return subprocess.run(cmd, cwd=ROOT).returncode
 
 
 def collect(spec: dict) -> dict[str, list[dict]]:
@@ -330,13 +316,11 @@ def main(argv: list[str] | None = None) -> None:
         for label, seed, overrides in expand(spec):
             print(f"{label}\tseed={seed}\t{' '.join(overrides)}")
         return
-    failures = [] if args.table else run_grid(spec)
+    status = 0 if args.table else run_missing(args.spec)  # the sweeper prints each failed cell and why
     if not args.no_table:
         tables.write_tables(spec, args.out)
-    for label, seed, why in failures:
-        print(f"[xtf] FAILED cell {label} seed {seed}: {why}")
-    if failures:
-        raise SystemExit(1)
+    if status:
+        raise SystemExit(status)
 
 
 if __name__ == "__main__":

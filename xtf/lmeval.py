@@ -23,11 +23,12 @@ legacy exact-match path, xtf.evaluate), followed by xtf.evaluate.normalise on bo
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 import shutil
 from pathlib import Path
+
+from xtf.cache import sha256_file
 
 EVAL_DIR = Path(__file__).resolve().parents[1] / "eval"  # the versioned task YAMLs
 LMEVAL_VERSION = 1  # bump when export_rows, the request set-up or the metric mapping changes behaviour
@@ -86,10 +87,6 @@ def export_rows(examples: list[dict]) -> list[dict]:
     return rows
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def write_task_yamls(task_names: tuple[str, ...], rows: list[dict], work_dir: str | Path) -> Path:
     """Write the rows and one run-time YAML per task under `<work_dir>/lm_eval/`; returns the tasks folder."""
     import yaml
@@ -125,7 +122,7 @@ def _task_protocol(task, yaml_path: Path) -> dict:
         "target_delimiter": cfg.target_delimiter,
         "metrics": [m["metric"] for m in cfg.metric_list or []],
         "filters": [f["name"] for f in cfg.filter_list or []] or ["none"],
-        "yaml_sha256": _sha256(yaml_path),
+        "yaml_sha256": sha256_file(yaml_path),
     }
     if task.OUTPUT_TYPE == "generate_until":
         out["generation_kwargs"] = dict(cfg.generation_kwargs)
@@ -189,7 +186,7 @@ def run_tasks(lm, task_module, examples: list[dict], eval_cfg, chat_template: bo
         "chat_template": bool(chat_template),
         "seed": seed,
         "n_eval": len(examples),
-        "docs_sha256": _sha256(tasks_dir.parent / "docs.jsonl"),
+        "docs_sha256": sha256_file(tasks_dir.parent / "docs.jsonl"),
     }
     return metrics, predictions, protocol
 
