@@ -28,8 +28,10 @@ class ConfigError(ValueError):
 class ModelConfig:
     name: str                                  # short name, e.g. llama3, tiny
     hub_id: Optional[str] = None               # Hugging Face id of the real weights (None for built tiny models)
-    path: Optional[str] = None                 # local weights directory; overrides hub_id
-    family: Literal["llama", "qwen2", "mistral"] = "llama"
+    path: Optional[str] = None                 # local weights: a HF model folder, or a .gguf file; overrides hub_id
+    package: Optional[str] = None              # a pip package that ships the weights as GGUF (xtf/packaged.py)
+    gguf_file: Optional[str] = None            # the .gguf file inside `package` (or inside the `path` folder)
+    family: Literal["llama", "qwen2", "mistral", "gemma3"] = "llama"
     tiny: Optional[str] = None                 # "pretrained" (cached CPU pre-training) | "random" | None (real weights)
     chat_template: bool = False                # render prompts with the tokenizer's chat template
     dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"  # forced to float32 on CPU
@@ -315,8 +317,10 @@ def validate(cfg: Any) -> RunConfig:
     run = build_dataclass(RunConfig, raw, "")
     if run.model.tiny not in _TINY_MODES:
         raise ConfigError(f"model.tiny={run.model.tiny!r} is not allowed; choose one of {list(_TINY_MODES)}")
-    if run.model.tiny is None and not (run.model.hub_id or run.model.path):
-        raise ConfigError(f"model '{run.model.name}' needs model.hub_id or model.path (or model.tiny)")
+    if run.model.tiny is None and not (run.model.hub_id or run.model.path or run.model.package):
+        raise ConfigError(f"model '{run.model.name}' needs model.hub_id, model.path or model.package (or model.tiny)")
+    if run.model.package and not run.model.gguf_file:
+        raise ConfigError(f"model.package={run.model.package!r} needs model.gguf_file: the .gguf file it ships")
     if run.model.hidden_size % run.model.num_heads:
         raise ConfigError("model.hidden_size must be divisible by model.num_heads")
 
