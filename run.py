@@ -11,6 +11,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from xtf.config import register_schema
+from xtf.overrides import exit_on_bad_overrides
 
 log = logging.getLogger("xtf")
 register_schema()  # every schema key with its default, so any key can be overridden on the command line
@@ -37,4 +38,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    exit_on_bad_overrides()  # a typo gets the project's message (key, close matches), not Hydra's "use +key"
     main()

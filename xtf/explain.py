@@ -393,7 +393,17 @@ def write_report(run_dir: Path) -> Path:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("run_dir", type=Path, help="a run dir holding token_samples.jsonl and score_summary.json")
-    print(write_report(p.parse_args(argv).run_dir))
+    run_dir = p.parse_args(argv).run_dir
+    missing = [n for n in ("score_summary.json", "token_samples.jsonl") if not (run_dir / n).is_file()]
+    if not run_dir.is_dir() or missing:  # one line and exit 2, as argparse does for a bad argument
+        what = "is not a directory" if not run_dir.is_dir() else f"has no {' or '.join(missing)}"
+        p.exit(2, f"xtf.explain: error: {run_dir} {what}; give a run dir, results/<experiment>/<run_id>/ "
+                  f"(every complete run writes both files)\n")
+    try:
+        print(write_report(run_dir))
+    except (OSError, ValueError, KeyError) as e:  # unreadable, malformed or misaligned files (load_run names them)
+        p.exit(2, f"xtf.explain: error: {run_dir}: malformed run files ({type(e).__name__}: {e}); rerun the run "
+                  f"with run.py force=true to rewrite them\n")
 
 
 if __name__ == "__main__":
