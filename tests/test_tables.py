@@ -141,6 +141,8 @@ def _bad(tmp_path, text, name="demo"):
     (("table:", "exclude: [{{method: SLM}}]\ntable:"), "exclude[0].method: unknown label 'SLM'; labels: ['Normal'"),
     (("XTF: method=xtf", "XTF: [method=xtf, train.lr=1]"), "cell 'XTF / 0.001': key 'train.lr' is set twice"),
     (("model=tiny,", "model=tiny, seed=3,"), "base: 'seed=' is set by the spec"),
+    (("paper: demo", "paper: demo\nplot: {{kind: bar, hue: [method, lr]}}"), "bar takes at most one hue coordinate"),
+    (("paper: demo", "paper: demo\nplot: {{kind: bar, x: method, hue: method}}"), "a coordinate is placed twice"),
 ])
 def test_spec_errors_name_file_key_and_choices(tmp_path, change, expected):
     assert expected in _bad(tmp_path, SPEC.replace(*change))
@@ -167,25 +169,3 @@ def test_committed_specs_and_paper_numbers_load():
     assert {"noise_benchmark", "threshold_sweep", "table1", "table2", "code_passk"} <= names
     text = (ROOT / "experiments" / "paper_numbers.yaml").read_text()
     assert "2602.14536" in text and "transcription:" in text
-
-
-@pytest.mark.parametrize("name", ["noise_benchmark", "threshold_sweep", "code_passk"])
-def test_each_plot_kind_renders_from_records(tmp_path, name):
-    """bar (noise benchmark), lines (threshold sweep), passk (code): a PNG from hand-made records of the committed
-    spec's cells (a value per record path), none from no records."""
-    from xtf.tables import plot
-
-    spec = load_experiment(ROOT / "experiments" / f"{name}.yaml")
-    records = {}
-    for i, label in enumerate(spec["cells"]):
-        record: dict = {}
-        for value in spec["table"]["values"]:
-            node = record
-            *parents, leaf = value["path"].split(".")
-            for part in parents:
-                node = node.setdefault(part, {})
-            node[leaf] = (i % 5) / 10 + 0.1
-        records[label] = [record, record]
-    out = plot(spec, records, tmp_path / f"{name}.png")
-    assert out is not None and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
-    assert plot(spec, {}, tmp_path / "empty.png") is None and not (tmp_path / "empty.png").exists()

@@ -22,14 +22,14 @@ complete, "—" when none is (never 0), blank when the combination is not part o
 is bold (**…** / \\textbf). Paper numbers are shown as printed in the paper (no scaling); a number that could
 not be read from the paper is absent from paper_numbers.yaml and shows "—".
 
-`plot:` kinds: `bar` (value per cell), `lines` (x = a coordinate, one panel per `facet` label and value, and an
-optional `tradeoff` panel [x value, y value] with one line per facet label), `passk` (pass@k vs k, one line per
-`series` label, panels = the labels of up to two `facet` coordinates).
+`plot:` kinds (rendered by xtf.plots, which says how): `bar` (a bar per cell, or grouped: `x` coordinates, a
+colour per `hue` label, a panel per `panels` label), `lines` (x = a coordinate, one panel per `facet` label and
+value, and an optional `tradeoff` panel [x value, y value] with one line per facet label), `passk` (pass@k vs k,
+one line per `series` label, panels = the labels of up to two `facet` coordinates).
 """
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
 import re
@@ -136,7 +136,8 @@ def check_plot(path, raw, spec: dict) -> dict:
         return items
 
     kind = raw["kind"]
-    allowed = {"bar": {"kind", "value"}, "lines": {"kind", "x", "facet", "values", "reference", "tradeoff"},
+    allowed = {"bar": {"kind", "value", "x", "hue", "panels"},
+               "lines": {"kind", "x", "facet", "values", "reference", "tradeoff"},
                "passk": {"kind", "values", "series", "facet"}}[kind]
     unknown = sorted(set(raw) - allowed)
     if unknown:
@@ -144,6 +145,15 @@ def check_plot(path, raw, spec: dict) -> dict:
     out = {"kind": kind}
     if kind == "bar":
         out["value"] = value_names("value", names[:1])[0]
+        out["x"] = _coords(path, "plot.x", raw.get("x"), spec)
+        hue = _coords(path, "plot.hue", raw.get("hue"), spec)
+        out["panels"] = _coords(path, "plot.panels", raw.get("panels"), spec)
+        if len(hue) > 1 or len(out["panels"]) > 2:
+            _fail(path, "plot", "bar takes at most one hue coordinate and at most two panel coordinates")
+        out["hue"] = hue[0] if hue else None
+        placed = out["x"] + hue + out["panels"]
+        if len(set(placed)) != len(placed):
+            _fail(path, "plot", f"a coordinate is placed twice (x, hue, panels): {placed}")
     elif kind == "lines":
         out["x"] = _coords(path, "plot.x", raw.get("x"), spec)
         out["facet"] = _coords(path, "plot.facet", raw.get("facet"), spec)
@@ -376,133 +386,6 @@ def to_latex(sections: list[dict], name: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Plots
-
-def _series(spec, records, path):
-    """{cell label: (mean, std)} of a record path; cells without data are absent."""
-    out = {}
-    for label in spec["cells"]:
-        s = summarise([metric(r, path) for r in records.get(label, [])])
-        if s:
-            out[label] = (s[0], s[1] or 0.0)
-    return out
-
-
-def plot(spec: dict, records: dict[str, list[dict]], out: Path) -> Path | None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    p, vals = spec["plot"], {v["name"]: v for v in spec["table"]["values"]}
-    if p["kind"] == "bar":
-        data = _series(spec, records, vals[p["value"]]["path"])
-        if not data:
-            return None
-        fig, ax = plt.subplots(figsize=(max(6, 0.8 * len(data)), 3.6))
-        ax.bar(list(data), [m for m, _ in data.values()], yerr=[s for _, s in data.values()], color="#78909c",
-               capsize=3)
-        ax.set_ylabel(p["value"])
-        ax.set_title(f"{spec['name']}: {p['value']} (mean ± std over seeds)")
-        plt.setp(ax.get_xticklabels(), rotation=40, ha="right", rotation_mode="anchor")
-    elif p["kind"] == "lines":
-        fig = _plot_lines(plt, spec, records, p, vals)
-    else:
-        fig = _plot_passk(plt, spec, records, p, vals)
-    if fig is None:
-        return None
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
-
-
-def _numeric(labels):
-    try:
-        return [float(x) for x in labels]
-    except ValueError:
-        return None
-
-
-def _plot_lines(plt, spec, records, p, vals):
-    x, facet = p["x"][0], (p["facet"] or [None])[0]
-    facets = [f for f in (spec["labels"][facet] if facet else [None]) if f != p["reference"]]
-    data = {name: _series(spec, records, vals[name]["path"]) for name in {*p["values"], *(p["tradeoff"] or [])}}
-    if not any(data.values()):
-        return None
-    ncols = len(facets) + (1 if p["tradeoff"] else 0)
-    fig, axes = plt.subplots(len(p["values"]), ncols, figsize=(3.4 * ncols, 2.8 * len(p["values"])), squeeze=False)
-    ref = [lb for lb in spec["cells"] if facet and spec["points"][lb][facet] == p["reference"]]
-    for j, f in enumerate(facets):
-        cells = [lb for lb in spec["cells"] if facet is None or spec["points"][lb][facet] == f]
-        xl = [spec["points"][lb][x] for lb in cells]
-        xs = _numeric(xl) or list(range(len(xl)))
-        for i, name in enumerate(p["values"]):
-            ax = axes[i][j]
-            pts = [(xv, *data[name][lb]) for xv, lb in zip(xs, cells) if lb in data[name]]
-            if pts:
-                ax.errorbar([a for a, _, _ in pts], [m for _, m, _ in pts], yerr=[s for _, _, s in pts],
-                            marker="o", capsize=3)
-            for lb in ref:
-                if lb in data[name]:
-                    ax.axhline(data[name][lb][0], ls="--", color="grey", label=p["reference"])
-            if _numeric(xl) is None:
-                ax.set_xticks(xs, xl, rotation=30, ha="right")
-            ax.set_title(f"{f}" if f else name, fontsize=9)
-            ax.set_xlabel(f"{x}", fontsize=8)
-            ax.set_ylabel(name, fontsize=8)
-            if ref and i == 0 and j == 0:
-                ax.legend(fontsize=7)
-    if p["tradeoff"]:
-        xn, yn = p["tradeoff"]
-        ax = axes[0][-1]
-        for f in facets + ([p["reference"]] if ref else []):
-            cells = [lb for lb in spec["cells"] if (facet is None or spec["points"][lb][facet] == f)
-                     and lb in data[xn] and lb in data[yn]]
-            pts = sorted((data[xn][lb][0], data[yn][lb][0]) for lb in cells)
-            if pts:
-                ax.plot([a for a, _ in pts], [b for _, b in pts], marker="o", label=f or yn,
-                        ls="none" if f == p["reference"] else "-")
-        ax.set_xlabel(xn, fontsize=8)
-        ax.set_ylabel(yn, fontsize=8)
-        ax.set_title(f"{yn} vs {xn}", fontsize=9)
-        ax.legend(fontsize=7)
-        for i in range(1, len(p["values"])):
-            axes[i][-1].axis("off")
-    fig.suptitle(f"{spec['name']} (mean ± std over seeds)", fontsize=10)
-    return fig
-
-
-def _plot_passk(plt, spec, records, p, vals):
-    """pass@k vs k, one line per `series` label; panels: rows = the first facet's labels, columns = the second's."""
-    ks = [int(re.search(r"@(\d+)$", n).group(1)) for n in p["values"]]
-    data = {n: _series(spec, records, vals[n]["path"]) for n in p["values"]}
-    if not any(data.values()):
-        return None
-    series, facet = p["series"][0], (p["facet"] + [None, None])[:2]
-    prow, pcol = ([spec["labels"][c] if c else [None] for c in facet])
-    fig, axes = plt.subplots(len(prow), len(pcol), figsize=(3.2 * len(pcol), 2.8 * len(prow)), squeeze=False)
-    for (i, r), (j, c) in itertools.product(enumerate(prow), enumerate(pcol)):
-        ax, where = axes[i][j], {k: x for k, x in zip(facet, (r, c)) if k}
-        for s in spec["labels"][series]:
-            cells = [lb for lb in spec["cells"] if spec["points"][lb][series] == s
-                     and all(spec["points"][lb][k] == x for k, x in where.items())]
-            pts = [(k, data[n][lb][0]) for lb in cells for k, n in zip(ks, p["values"]) if lb in data[n]]
-            if pts:
-                ax.plot([k for k, _ in pts], [m for _, m in pts], marker="o", label=s)
-        ax.set_xticks(ks)
-        ax.set_xlabel("k", fontsize=8)
-        ax.set_ylabel("pass@k", fontsize=8)
-        ax.set_title(" / ".join(where.values()) or spec["name"], fontsize=9)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=6)
-        else:
-            ax.text(0.5, 0.5, "no complete run", ha="center", va="center", transform=ax.transAxes, color="grey")
-    fig.suptitle(f"{spec['name']}: pass@k (mean over seeds)", fontsize=10)
-    return fig
-
-
-# ---------------------------------------------------------------------------------------------------------------
 
 def paper_values_for(spec: dict, paper_numbers: Path = PAPER_NUMBERS) -> tuple[dict | None, str]:
     """The paper's numbers for this spec's table and a one-line source note (SpecError for unknown keys)."""
@@ -554,6 +437,8 @@ def write_tables(spec: dict, out_dir: str | Path | None = None, skip_empty: bool
     (out_dir / f"{spec['name']}.json").write_text(json.dumps(
         {label: [r["run_id"] for r in rs] for label, rs in records.items()}, indent=1) + "\n")
     if spec["plot"] and records:
+        from xtf.plots import plot
+
         plot(spec, records, out_dir / f"{spec['name']}.png")
     print(md)
     print(f"[xtf] table: {md_path} ({n_done}/{n_runs} runs)")

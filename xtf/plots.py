@@ -1,0 +1,341 @@
+"""Figures of an experiment from its run records, made to be put in a paper (the spec's `plot:` block).
+
+    python -m xtf.experiment --tables      # every experiments/*.yaml with records → results/tables/<name>.png
+
+Kinds (checked by xtf.tables.check_plot):
+- `bar`: one bar per cell, or grouped bars: `x` coordinate(s) along the axis, one colour per `hue` label, one
+  panel per label combination of `panels` (two panel coordinates: rows × columns).
+- `lines`: a value against the `x` coordinate, one panel per `facet` label (columns) and value (rows), a
+  `reference` label drawn as a dashed line, and an optional `tradeoff` panel [x value, y value], one line per
+  facet label.
+- `passk`: pass@k against k, one line per `series` label, one panel per label combination of `facet`.
+
+Conventions, the same in every kind: values are shown as in the table (× the value's `scale`); a point is the
+mean over seeds and its error bar the sample std (none for one seed); every bar carries its value, and a zero
+bar shows "0.0" on a mark at the baseline, while a grid cell without a complete run shows "—" (missing is never
+drawn as zero); panels of a row share their y axis; one legend per figure, outside the data (below the
+panels); a panel without any run is left out and named in the figure's note; labels of a coordinate that point
+at exactly the same runs (a stand-in table: every model is the same tiny model) are drawn once.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from xtf.tables import MISSING, metric, summarise
+
+COLOURS = ["#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3", "#8c8c8c", "#ccb974",
+           "#64b5cd"]
+MARKERS = "osD^vP*Xph"
+
+
+def _series(spec, records, value) -> dict:
+    """{cell label: (mean, std)} of a table value, scaled as in the table; cells without data are absent."""
+    out = {}
+    for label in spec["cells"]:
+        s = summarise([metric(r, value["path"]) for r in records.get(label, [])])
+        if s:
+            out[label] = (s[0] * value["scale"], (s[1] or 0.0) * value["scale"])
+    return out
+
+
+def merge_same_runs(spec: dict, records: dict) -> tuple[dict, dict]:
+    """Labels of a coordinate whose cells hold exactly the same runs (same run ids at every other coordinate)
+    become one label, "a = b" or "a … z (n labels, same runs)"; records without a run id are never merged."""
+    if not records or any("run_id" not in r for rs in records.values() for r in rs):
+        return spec, records
+    for c in spec["coords"]:
+        groups: dict[tuple, list[str]] = {}
+        for lab in spec["labels"][c]:
+            cells = [cl for cl in spec["cells"] if spec["points"][cl][c] == lab]
+            sig = tuple(sorted((tuple(sorted((k, v) for k, v in spec["points"][cl].items() if k != c)),
+                                tuple(sorted(r["run_id"] for r in records.get(cl, [])))) for cl in cells))
+            groups.setdefault(sig, []).append(lab)
+        if len(groups) == len(spec["labels"][c]):
+            continue
+        rename, drop = {}, set()
+        for sig, labs in groups.items():
+            if len(labs) > 1 and any(runs for _, runs in sig):
+                many = f"{labs[0]} … {labs[-1]}\n({len(labs)} labels, same runs)"
+                rename[labs[0]] = " = ".join(labs) if len(labs) == 2 else many
+                drop.update(labs[1:])
+        if not rename:
+            continue
+        keep = [cl for cl in spec["cells"] if spec["points"][cl][c] not in drop]
+        points = {cl: {**spec["points"][cl], c: rename.get(spec["points"][cl][c], spec["points"][cl][c])}
+                  for cl in keep}
+        spec = {**spec, "cells": {cl: spec["cells"][cl] for cl in keep}, "points": points,
+                "labels": {**spec["labels"], c: [rename.get(x, x) for x in spec["labels"][c] if x not in drop]}}
+        records = {cl: rs for cl, rs in records.items() if cl in points}
+    return spec, records
+
+
+def _unit(value) -> str:
+    """The axis label of a table value: its name (the record field for a table's single `value`), "(%)" at scale 100."""
+    name = value["path"].rsplit(".", 1)[-1] if value["name"] == "value" else value["name"]
+    return f"{name} (%)" if value["scale"] == 100 else name
+
+
+def _combos(spec, coords, cells) -> list[tuple]:
+    return list(dict.fromkeys(tuple(spec["points"][cl][c] for c in coords) for cl in cells))
+
+
+def _panels(spec, coords, has_data) -> tuple[list[tuple], list[tuple], int]:
+    """(panels with data, panels without, columns of the panel grid): two coordinates → rows × columns."""
+    keys = sorted(_combos(spec, coords, spec["cells"]),  # in label order: row by row of the panel grid
+                  key=lambda k: [spec["labels"][c].index(x) for c, x in zip(coords, k)])
+    full = [k for k in keys if any(has_data(cl) for cl in spec["cells"]
+                                   if tuple(spec["points"][cl][c] for c in coords) == k)]
+    empty = [k for k in keys if k not in full]
+    ncols = len({k[1] for k in full}) if len(coords) == 2 else min(3, len(full))
+    return full, empty, max(1, ncols)
+
+
+def _figure(plt, n: int, ncols: int, width: float, height: float, sharey=True):
+    nrows = -(-n // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(max(6.0, width * ncols), height * nrows + 0.9), squeeze=False,
+                             sharey=sharey, layout="constrained")
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    return fig, list(axes.flat[:n])
+
+
+def _finish(fig, title: str, handles, labels, empty_note: str = "", legend_title: str | None = None) -> None:
+    fig.suptitle(title, fontsize=10)
+    if handles:
+        ncol = len(labels) if len(labels) <= 9 else -(-len(labels) // 2)
+        fig.legend(handles, labels, loc="outside lower center", ncol=ncol, fontsize=8, frameon=False,
+                   title=legend_title, title_fontsize=8)
+    if empty_note:
+        fig.text(0.01, 0.995, empty_note, fontsize=7, color="grey", va="top", ha="left")
+
+
+def _empty_note(coords, empty) -> str:
+    if not empty:
+        return ""
+    names = ["/".join(k) for k in empty]
+    shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+    return f"no complete run, not drawn: {'/'.join(coords)} = {shown}"
+
+
+def _style(ax) -> None:
+    ax.spines[["top", "right"]].set_visible(False)
+    ax.grid(axis="y", color="#e5e5e5", lw=0.6)
+    ax.set_axisbelow(True)
+    ax.tick_params(labelsize=8)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+
+def _plot_bar(plt, spec, records, p, vals):
+    value = vals[p["value"]]
+    data = _series(spec, records, value)
+    if not data:
+        return None
+    hue, pcoords = p["hue"], p["panels"]
+    xcoords = p["x"] or [c for c in spec["coords"] if c not in pcoords and c != hue]
+    hues = spec["labels"][hue] if hue else [None]
+    by_point = {tuple(pt[c] for c in spec["coords"]): cl for cl, pt in spec["points"].items()}
+    full, empty, ncols = _panels(spec, pcoords, lambda cl: cl in data)
+    groups_all = _combos(spec, xcoords, spec["cells"])
+    width = 0.8 / len(hues)
+    per_panel = len(groups_all) * len(hues)
+    vertical = hue is not None and per_panel > 8  # value labels turned 90°: many thin bars
+    panel_w = max(3.2, (0.16 if vertical else 0.6) * per_panel + 1.0)  # inches: room for every value label
+    ncols = max(1, min(ncols, int(18 // panel_w)))  # a page-wide figure at most; more panels wrap
+    fig, axes = _figure(plt, len(full), ncols, panel_w, 3.0)
+    top = max(m + s for m, s in data.values())
+    top = top * 1.25 if top > 0 else value["scale"]
+    missing_seen = False
+    for ax, pk in zip(axes, full):
+        where = dict(zip(pcoords, pk))
+        groups = [g for g in groups_all if any(
+            by_point.get(tuple({**where, **dict(zip(xcoords, g)), hue: h}.get(c) for c in spec["coords"]))
+            for h in hues)]
+        for gi, g in enumerate(groups):
+            for hi, h in enumerate(hues):
+                point = {**where, **dict(zip(xcoords, g)), **({hue: h} if hue else {})}
+                cl = by_point.get(tuple(point.get(c) for c in spec["coords"]))
+                if cl is None:
+                    continue  # not part of the grid (excluded): nothing drawn, as the table leaves it blank
+                x = gi + (hi - (len(hues) - 1) / 2) * width
+                colour = COLOURS[hi % len(COLOURS)] if hue else "#607d8b"
+                if cl not in data:
+                    missing_seen = True
+                    ax.text(x, top * 0.02, MISSING, ha="center", va="bottom", fontsize=9, color="#757575")
+                    continue
+                mean, std = data[cl]
+                ax.bar(x, mean, width * 0.92, color=colour, yerr=std or None, capsize=2,
+                       error_kw={"lw": 0.8, "ecolor": "#333333"})
+                if mean == 0:  # a zero bar has no height: a mark on the baseline shows it is there
+                    ax.plot([x - width * 0.46, x + width * 0.46], [0, 0], color=colour, lw=2.5,
+                            solid_capstyle="butt", clip_on=False)
+                ax.text(x, mean + std + top * 0.01, f"{mean:.{value['digits']}f}", ha="center", va="bottom",
+                        fontsize=6.5 if vertical else 7.5, rotation=90 if vertical else 0)
+        ax.set_xticks(range(len(groups)), [" / ".join(g) for g in groups])
+        if len(groups) > 3:
+            plt.setp(ax.get_xticklabels(), rotation=35, ha="right", rotation_mode="anchor")
+        ax.set_xlim(-0.6, len(groups) - 0.4)
+        ax.set_ylim(0, top)
+        ax.set_title(", ".join(f"{c} = {x}" for c, x in where.items()), fontsize=9)
+        _style(ax)
+    for ax in axes[::ncols]:
+        ax.set_ylabel(_unit(value), fontsize=8)
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    handles = [Patch(color=COLOURS[i % len(COLOURS)]) for i in range(len(hues))] if hue else []
+    labels = list(hues) if hue else []
+    if missing_seen:
+        handles.append(Line2D([], [], ls="none", marker="$—$", color="#9e9e9e", markersize=8))
+        labels.append("no complete run")
+    _finish(fig, f"{spec['name']}: {_unit(value)}, mean ± std over seeds", handles, labels,
+            _empty_note(pcoords, empty), hue)
+    return fig
+
+
+def _numeric(labels):
+    try:
+        return [float(x) for x in labels]
+    except ValueError:
+        return None
+
+
+def _plot_lines(plt, spec, records, p, vals):
+    from matplotlib.lines import Line2D
+
+    x, facet = p["x"][0], (p["facet"] or [None])[0]
+    names = list(dict.fromkeys([*p["values"], *(p["tradeoff"] or [])]))
+    data = {n: _series(spec, records, vals[n]) for n in names}
+    if not any(data.values()):
+        return None
+    ref = [cl for cl in spec["cells"] if facet and spec["points"][cl][facet] == p["reference"]]
+    facets = [f for f in (spec["labels"][facet] if facet else [None]) if f != p["reference"]]
+    cells_of = {f: [cl for cl in spec["cells"] if facet is None or spec["points"][cl][facet] == f] for f in facets}
+    shown = [f for f in facets if any(cl in data[n] for n in names for cl in cells_of[f])]
+    empty = [(f,) for f in facets if f not in shown]
+    colour = {f: COLOURS[i % len(COLOURS)] for i, f in enumerate(facets)}
+    nrows, ncols = len(p["values"]), len(shown) + (1 if p["tradeoff"] else 0)
+    fig = plt.figure(figsize=(3.1 * ncols, 2.5 * nrows + 1.0), layout="constrained")
+    grid = fig.add_gridspec(nrows, ncols)
+    for i, name in enumerate(p["values"]):
+        first = None
+        for j, f in enumerate(shown):
+            ax = fig.add_subplot(grid[i, j], sharey=first)
+            first = first or ax
+            labels = [spec["points"][cl][x] for cl in cells_of[f]]
+            xs = _numeric(labels) or list(range(len(labels)))
+            pts = sorted((xv, *data[name][cl]) for xv, cl in zip(xs, cells_of[f]) if cl in data[name])
+            if pts:
+                ax.errorbar([a for a, _, _ in pts], [m for _, m, _ in pts], yerr=[s for _, _, s in pts],
+                            marker="o", ms=4, capsize=3, color=colour[f], lw=1.4)
+            for cl in ref:
+                if cl in data[name]:
+                    m, s = data[name][cl]
+                    ax.axhline(m, ls="--", color="grey", lw=1)
+                    if s:
+                        ax.axhspan(m - s, m + s, color="grey", alpha=0.12, lw=0)
+            if _numeric(labels) is None:
+                ax.set_xticks(xs, labels, rotation=30, ha="right", rotation_mode="anchor")
+            ax.set_title(f if f else name, fontsize=9)
+            ax.set_xlabel(x, fontsize=8)
+            if j == 0:
+                ax.set_ylabel(_unit(vals[name]), fontsize=8)
+            else:
+                ax.tick_params(labelleft=False)
+            _style(ax)
+    if p["tradeoff"]:
+        xn, yn = p["tradeoff"]
+        ax = fig.add_subplot(grid[:, -1])
+        for f in shown:
+            pts = sorted((*data[xn][cl], *data[yn][cl]) for cl in cells_of[f] if cl in data[xn] and cl in data[yn])
+            if pts:  # joined in order of the x value
+                ax.errorbar([a for a, _, _, _ in pts], [c for _, _, c, _ in pts], xerr=[b for _, b, _, _ in pts],
+                            yerr=[d for _, _, _, d in pts], marker="o", ms=4, capsize=2, color=colour[f], lw=1.2)
+        for cl in ref:
+            if cl in data[xn] and cl in data[yn]:
+                ax.errorbar(data[xn][cl][0], data[yn][cl][0], xerr=data[xn][cl][1] or None,
+                            yerr=data[yn][cl][1] or None, marker="*", ms=10, color="black", ls="none")
+        ax.set_xlabel(_unit(vals[xn]), fontsize=8)
+        ax.set_ylabel(_unit(vals[yn]), fontsize=8)
+        ax.set_title(f"trade-off: {yn} vs {xn}", fontsize=9)
+        _style(ax)
+    handles = [Line2D([], [], color=colour[f], marker="o", ms=4) for f in shown]
+    labels = [str(f) for f in shown]
+    if ref:
+        handles.append(Line2D([], [], color="grey", ls="--", marker="*" if p["tradeoff"] else None,
+                              markerfacecolor="black", markeredgecolor="black", ms=8))
+        labels.append(f"{p['reference']} (reference{', ± std band' if len(spec['seeds']) > 1 else ''})")
+    _finish(fig, f"{spec['name']}: mean ± std over seeds", handles if facet else [], labels,
+            _empty_note([facet] if facet else [], empty), facet)
+    return fig
+
+
+def _plot_passk(plt, spec, records, p, vals):
+    from matplotlib.lines import Line2D
+
+    ks = [int(re.search(r"@(\d+)$", n).group(1)) for n in p["values"]]
+    data = {n: _series(spec, records, vals[n]) for n in p["values"]}
+    if not any(data.values()):
+        return None
+    series, facet = p["series"][0], p["facet"]
+    full, empty, ncols = _panels(spec, facet, lambda cl: any(cl in d for d in data.values()))
+    fig, axes = _figure(plt, len(full), ncols, 2.7, 2.3)
+    names = spec["labels"][series]
+    top = max(m + s for d in data.values() for m, s in d.values())
+    for ax, pk in zip(axes, full):
+        where = dict(zip(facet, pk))
+        zero = True
+        for si, s in enumerate(names):
+            cells = [cl for cl in spec["cells"] if spec["points"][cl][series] == s
+                     and all(spec["points"][cl][k] == v for k, v in where.items())]
+            pts = sorted((k, *data[n][cl]) for cl in cells for k, n in zip(ks, p["values"]) if cl in data[n])
+            if pts:
+                zero = zero and all(m == 0 for _, m, _ in pts)
+                ax.errorbar([k for k, _, _ in pts], [m for _, m, _ in pts], yerr=[e for _, _, e in pts],
+                            marker=MARKERS[si % len(MARKERS)], ms=4, capsize=2, lw=1.2,
+                            color=COLOURS[si % len(COLOURS)])
+        if zero:
+            ax.text(0.5, 0.5, "every series is 0 at every k", transform=ax.transAxes, ha="center", fontsize=7,
+                    color="grey")
+        ax.set_xticks(ks)
+        ax.set_xlabel("k", fontsize=8)
+        ax.set_title(", ".join(f"{c} = {x}" for c, x in where.items()) or spec["name"], fontsize=9)
+        _style(ax)
+    for ax in axes[::ncols]:
+        ax.set_ylabel("pass@k (%)" if vals[p["values"][0]]["scale"] == 100 else "pass@k", fontsize=8)
+    axes[0].set_ylim(-0.04 * (top or 100), (top or 100) * 1.08)
+    handles = [Line2D([], [], color=COLOURS[i % len(COLOURS)], marker=MARKERS[i % len(MARKERS)], ms=4)
+               for i in range(len(names))]
+    _finish(fig, f"{spec['name']}: pass@k, mean ± std over seeds", handles, list(names), _empty_note(facet, empty),
+            series)
+    return fig
+
+
+KINDS = {"bar": _plot_bar, "lines": _plot_lines, "passk": _plot_passk}
+
+
+def figure(spec: dict, records: dict[str, list[dict]]):
+    """The spec's plot as a matplotlib Figure (None when no cell has data); the caller saves or closes it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    spec, records = merge_same_runs(spec, records)
+    vals = {v["name"]: v for v in spec["table"]["values"]}
+    return KINDS[spec["plot"]["kind"]](plt, spec, records, spec["plot"], vals)
+
+
+def plot(spec: dict, records: dict[str, list[dict]], out: Path) -> Path | None:
+    """Render the spec's plot into `out` (PNG); None, and no file, when no cell has data."""
+    import matplotlib.pyplot as plt
+
+    fig = figure(spec, records)
+    if fig is None:
+        return None
+    fig.savefig(out, dpi=130)
+    plt.close(fig)
+    return Path(out)
+
