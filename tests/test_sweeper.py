@@ -16,8 +16,8 @@ from xtf.results import run_dir
 FAST = ["debug=fast", "data.limit=16", "data.eval_limit=4"]
 
 
-def sweep(*args, timeout=600):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "WANDB_MODE": "offline"}
+def sweep(*args, timeout=600, env=None):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "WANDB_MODE": "offline", **(env or {})}
     proc = subprocess.run([sys.executable, str(ROOT / "run.py"), "-m", *args], env=env, capture_output=True,
                           text=True, timeout=timeout)
     return proc.returncode, proc.stdout + proc.stderr
@@ -86,3 +86,37 @@ def test_a_config_error_in_any_cell_stops_the_sweep_before_any_work(run_override
     assert rc == 2, out
     assert "config errors; nothing launched" in out and "data.limit=-1 is out of range" in out
     assert not (tmp_path / "results").exists()
+
+
+def _fake_slurm(folder, sbatch_stderr=None, ping="Slurmctld(primary) at vm is UP", ping_rc=0):
+    """A PATH holding only stand-ins for SLURM's commands; each call is logged to folder/calls."""
+    folder.mkdir()
+    log = folder / "calls"
+    scripts = {"srun": "exit 0", "scontrol": f'echo "{ping}"; exit {ping_rc}',
+               "sbatch": f'echo "{sbatch_stderr}" >&2; exit 1' if sbatch_stderr else "exit 1"}
+    for name, body in scripts.items():
+        (folder / name).write_text(f'#!/bin/sh\necho "{name} $*" >> {log}\n{body}\n')
+        (folder / name).chmod(0o755)
+    return str(folder), log
+
+
+def test_cluster_slurm_names_the_real_cause_before_submitting(run_overrides, tmp_path):
+    """Before: every cell "did not finish ... (cancelled, killed, or timed out too many times)" and "the launcher
+    raised RuntimeError" without the cause."""
+    args = ["cluster=slurm", "model=tiny_llama", *FAST, *run_overrides]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    rc, out = sweep(*args, env={"PATH": str(empty)})
+    assert rc == 2 and "SLURM's sbatch, srun, scontrol are not on PATH on this machine" in out, out
+    assert "drop cluster=slurm" in out and "did not finish" not in out
+
+    path, calls = _fake_slurm(tmp_path / "down", ping="Slurmctld(primary) at vm is DOWN", ping_rc=1)
+    rc, out = sweep(*args, env={"PATH": path})
+    assert rc == 2 and "no SLURM controller is reachable (`scontrol ping`: Slurmctld(primary) at vm is DOWN)" in out
+    assert calls.read_text().split() == ["scontrol", "ping"]  # nothing submitted
+
+    path, calls = _fake_slurm(tmp_path / "up", sbatch_stderr="sbatch: error: invalid partition specified: gpu")
+    rc, out = sweep(*args, env={"PATH": path})
+    assert rc == 1 and "sbatch" in calls.read_text(), out
+    assert "not submitted: FailedJobError: sbatch: error: invalid partition specified: gpu" in out
+    assert "cancelled, killed, or timed out" not in out

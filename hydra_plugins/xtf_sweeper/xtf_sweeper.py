@@ -96,6 +96,29 @@ def read_failure(folder: Path) -> Optional[dict]:
         return None
 
 
+def slurm_problem(timeout_s: float = 20.0) -> Optional[str]:
+    """Why a SLURM submission from this machine cannot work, or None: SLURM's commands missing from PATH (submitit
+    needs sbatch and srun), or no controller answering `scontrol ping`. Checked before anything is submitted, so
+    the sweep ends with the cause instead of every cell "did not finish"."""
+    import shutil
+    import subprocess
+
+    missing = [c for c in ("sbatch", "srun", "scontrol") if shutil.which(c) is None]
+    if missing:
+        return (f"SLURM's {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not on PATH on this machine "
+                f"({socket.gethostname()}): launch the sweep from a login node of the cluster, or drop "
+                f"cluster=slurm to run the cells here one after another (a test cluster: slurm/dev-cluster/up.sh)")
+    try:
+        ping = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        return f"no SLURM controller answered `scontrol ping` within {timeout_s:.0f} s; is slurmctld running?"
+    said = " ".join((ping.stdout + ping.stderr).split())
+    if ping.returncode != 0 or "DOWN" in said:
+        return (f"no SLURM controller is reachable (`scontrol ping`: {said or f'exit status {ping.returncode}'}); "
+                f"check that slurmctld runs and that this machine's slurm.conf names it")
+    return None
+
+
 class XtfSweeper(Sweeper):
     def __init__(self, experiment_file: Optional[str] = None, params: Optional[dict] = None,
                  stand_in: bool = False) -> None:
@@ -179,6 +202,11 @@ class XtfSweeper(Sweeper):
         print(f"[xtf] {len(cells) - len(pending)} complete, skipped; {len(pending)} to run")
         if not pending:
             return []
+        if getattr(self.launcher, "_EXECUTOR", None) == "slurm":
+            problem = slurm_problem()
+            if problem:  # before anything is submitted or written
+                print(f"[xtf] cluster=slurm: {problem}")
+                raise SystemExit(2)
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
@@ -189,6 +217,9 @@ class XtfSweeper(Sweeper):
         except Exception as e:  # noqa: BLE001 - submitit raises on the first cancelled or killed job
             launch_error = e
             returns, why = self.wait_for_slurm_jobs(len(pending), started)
+        if launch_error is not None and all(r is None for r in returns) and not why:  # no job ran: say why
+            first = (str(launch_error).strip().splitlines() or [""])[0]
+            why = {i: f"not submitted: {type(launch_error).__name__}: {first}" for i in range(len(pending))}
         rows = [self.outcome(c, returns[i] if i < len(returns) else None, why.get(i), started)
                 for i, c in enumerate(pending)]
         self.report(cells, pending, rows, launch_error)
@@ -211,6 +242,9 @@ class XtfSweeper(Sweeper):
             array_id, _, task = d.name.partition("_")
             if array_id.isdigit() and task.isdigit() and int(task) < n and d.stat().st_mtime >= started - 5:
                 jobs[int(task)] = submitit.SlurmJob(folder=pattern, job_id=d.name)
+        if not jobs:
+            print("[xtf] the launcher failed before any job of the array was submitted")
+            return [None] * n, {}
         print(f"[xtf] a job of the array did not finish; waiting for the rest of the array ({len(jobs)} jobs)")
         out, why = [None] * n, {}
         for i, job in sorted(jobs.items()):
@@ -245,7 +279,8 @@ class XtfSweeper(Sweeper):
             first = detail.strip().splitlines()[0] if detail.strip() else ""
             print(f"[xtf]   {status:<14} {cell.name:<{width}}  {first}")
         if launch_error is not None:
-            print(f"[xtf] (the launcher raised {type(launch_error).__name__}; every cell is reported above)")
+            text = " ".join(str(launch_error).split())[:600]
+            print(f"[xtf] (the launcher raised {type(launch_error).__name__}: {text}; every cell is reported above)")
         if counts["complete"] < len(rows):
             print("[xtf] relaunch the same command to run only the cells that are not complete")
 
