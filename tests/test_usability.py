@@ -70,3 +70,46 @@ def test_explain_on_a_wrong_folder_is_one_line_exit_2(tmp_path):
     p = _cli(str(tmp_path), module="xtf.explain")
     assert p.returncode == 2 and "malformed run files (KeyError: 'response_mask')" in p.stderr, p.stderr
     assert "Traceback" not in p.stderr
+
+
+def test_base_model_evaluation_is_computed_once_across_seeds_and_predictions_carry_the_prompt(tmp_path, monkeypatch):
+    """method=none evaluates the untrained base: under a deterministic protocol (here synth's greedy exact match)
+    the second seed reuses the first seed's evaluation and its record says so; a trained model, other eval rows
+    or a sampled protocol (HumanEval) are always evaluated."""
+    import torch
+    from conftest import compose
+
+    from xtf import evaluate as ev
+    from xtf import humaneval, tasks
+    from xtf.config import validate
+
+    calls = []
+
+    def fake(model, tokenizer, task_module, examples, eval_cfg, chat_template):
+        calls.append(len(examples))
+        return {"accuracy": 0.5}, [{"id": ex["id"], "gold": ex["answer"], "generation": "7"} for ex in examples], \
+            {"name": "greedy_exact_match"}
+
+    monkeypatch.setattr(ev, "evaluate_exact_match", fake)
+    model = torch.nn.Linear(2, 2)
+    examples = [{"id": "q1", "prompt": "Tom has 3 apples and buys 4. How many?", "answer": "7"}]
+    cfg = lambda *o: validate(compose([f"paths.cache_dir={tmp_path / 'cache'}", *o]))  # noqa: E731
+    synth = tasks.TASKS["synth"]
+
+    m0, p0, proto0 = ev.evaluate(model, None, synth, examples, cfg("method=none", "seed=0"), tmp_path)
+    m1, p1, proto1 = ev.evaluate(model, None, synth, examples, cfg("method=none", "seed=1"), tmp_path)
+    assert calls == [1] and (m1, p1) == (m0, p0) and "reused" not in proto0
+    assert proto1["reused"]["computed_by_seed"] == 0 and proto1["split"] == proto0["split"]
+    assert p0 == [{"id": "q1", "prompt": examples[0]["prompt"], "gold": "7", "generation": "7"}]
+
+    ev.evaluate(model, None, synth, examples + [{**examples[0], "id": "q2"}], cfg("method=none", "seed=2"), tmp_path)
+    ev.evaluate(model, None, synth, examples, cfg("method=normal", "seed=1"), tmp_path)
+    ev.evaluate(model, None, synth, examples, cfg("method=none", "seed=1", "force=true"), tmp_path)
+    assert calls == [1, 2, 1, 1]  # other rows, a trained model, force=true: evaluated again
+
+    code = []
+    monkeypatch.setattr(humaneval, "evaluate_code", lambda *a: code.append(1) or ({}, [], {"name": "pass_at_k"}))
+    for seed in (0, 1):
+        ev.evaluate(model, None, tasks.TASKS["code"], examples, cfg("method=none", "task=code", f"seed={seed}"),
+                    tmp_path)
+    assert code == [1, 1]  # HumanEval samples: never reused

@@ -106,7 +106,74 @@ def evaluate_exact_match(model, tokenizer, task_module, examples: list[dict], ev
 def evaluate(model, tokenizer, task_module, examples: list[dict], cfg, work_dir) -> tuple[dict, list[dict], dict]:
     """(metrics, predictions, protocol) with the task's fixed protocol (`task_module.EVALUATION`):
     "lm_eval" (GSM8K, MedQA, PubMedQA: xtf/lmeval.py), "pass_at_k" (HumanEval in the sandbox: xtf/humaneval.py)
-    or "exact_match" (synth). The protocol records everything that makes two numbers comparable, plus the split."""
+    or "exact_match" (synth). The protocol records everything that makes two numbers comparable, plus the split.
+    Every prediction row carries its example's prompt (the question as the model saw it, before any template).
+
+    The base model's evaluation (method=none: nothing trained) under a deterministic protocol (greedy decoding
+    or log-likelihood; not HumanEval's sampling) is the same for every seed: it is computed once and reused from
+    the cache, keyed by content (base weights, model and eval config, the exact eval rows, protocol versions);
+    the protocol then says `reused` (force=true recomputes)."""
+    spec = reuse_spec(model, task_module, examples, cfg)
+    if spec is None:
+        return _evaluate(model, tokenizer, task_module, examples, cfg, work_dir)
+    import json
+
+    from xtf.cache import cached_dir
+
+    computed = []
+
+    def build(tmp):
+        computed.append(_evaluate(model, tokenizer, task_module, examples, cfg, work_dir))
+        metrics, predictions, protocol = computed[0]
+        (tmp / "evaluation.json").write_text(json.dumps(
+            {"metrics": metrics, "predictions": predictions, "protocol": protocol, "seed": cfg.seed}))
+
+    folder = cached_dir(cfg.paths.cache_dir, "base_eval", spec, build)
+    if computed:
+        return computed[0]
+    saved = json.loads((folder / "evaluation.json").read_text())
+    print(f"[xtf] evaluation of the untrained base reused (computed once, by seed {saved['seed']}): {folder}")
+    protocol = {**saved["protocol"], "reused": {"cache_key": folder.name, "computed_by_seed": saved["seed"],
+                                               "why": "method=none under a deterministic protocol: the same for "
+                                                      "every seed"}}
+    return saved["metrics"], saved["predictions"], protocol
+
+
+def reuse_spec(model, task_module, examples: list[dict], cfg) -> dict | None:
+    """What determines the untrained base model's evaluation, or None when it must be computed (a trained model,
+    a sampled protocol, force=true, or a randomly initialised tiny model, whose weights follow the seed)."""
+    import dataclasses
+    import hashlib
+    import json
+
+    kind = getattr(task_module, "EVALUATION", "exact_match")
+    if cfg.method.finetune or kind == "pass_at_k" or cfg.force or cfg.model.tiny == "random":
+        return None
+    from xtf.results import content_identity
+
+    param = next(model.parameters())
+    rows = hashlib.sha256(json.dumps(examples, sort_keys=True, default=str).encode()).hexdigest()
+    spec = {"eval_version": EVAL_VERSION, "protocol": kind, "model": dataclasses.asdict(cfg.model),
+            "weights": content_identity(cfg).get("weights"), "eval": dataclasses.asdict(cfg.eval),
+            "task": cfg.task.name, "extract_version": getattr(task_module, "EXTRACT_VERSION", None),
+            "rows_sha256": rows, "device": param.device.type, "dtype": str(param.dtype)}
+    if kind == "lm_eval":
+        import lm_eval
+
+        from xtf.lmeval import LMEVAL_VERSION
+
+        spec.update(lmeval_version=LMEVAL_VERSION, lm_eval=lm_eval.__version__)
+    return spec
+
+
+def _with_prompts(examples: list[dict], predictions: list[dict]) -> list[dict]:
+    """Each prediction row with its example's prompt right after the id (rows are matched by id)."""
+    prompts = {str(ex["id"]): ex.get("prompt") for ex in examples}
+    return [{"id": p["id"], "prompt": prompts.get(str(p["id"])), **p} if "prompt" not in p else p
+            for p in predictions]
+
+
+def _evaluate(model, tokenizer, task_module, examples: list[dict], cfg, work_dir) -> tuple[dict, list[dict], dict]:
     kind = getattr(task_module, "EVALUATION", "exact_match")
     if kind == "lm_eval":
         from xtf.lmeval import evaluate_lm_eval
@@ -122,4 +189,4 @@ def evaluate(model, tokenizer, task_module, examples: list[dict], cfg, work_dir)
         metrics, predictions, protocol = evaluate_exact_match(model, tokenizer, task_module, examples, cfg.eval,
                                                               cfg.model.chat_template)
     protocol = {**protocol, "split": cfg.eval.split, "harness_eval_version": EVAL_VERSION}
-    return metrics, predictions, protocol
+    return metrics, _with_prompts(examples, predictions), protocol
