@@ -119,22 +119,63 @@ def test_otsu_default_bins_same_clusters():  # ~4 s: skimage's search is O(nbins
     assert info["nbins"] == 256 and noisy.tolist() == (clump == 1).tolist()
 
 
-# --- cap (xtf_official) -----------------------------------------------------------------------------------------------
+# --- the released code's caps and TR threshold (xtf_official) ----------------------------------------------------------
 
-def test_cap_keeps_most_extreme():
+def test_released_ri_cap_only_when_the_fence_flags_more_than_the_fraction():
     v = np.array([0.3, 0.1, 0.5, 0.1, 0.2, 0.9, 0.8, 0.7, 0.6, 0.4])
-    noisy = np.array([1, 1, 1, 1, 1, 0, 0, 0, 0, 0], dtype=bool)
-    # n=10, cap 0.2 → at most 2; low: the two 0.1s (positions 1, 3)
-    assert np.flatnonzero(rules.cap_noisy(v, noisy, 0.2, "low")).tolist() == [1, 3]
-    # cap 0.1 → 1: tie between the 0.1s at 1 and 3 → the earlier, 1
-    assert np.flatnonzero(rules.cap_noisy(v, noisy, 0.1, "low")).tolist() == [1]
-    # cap 0.25 → ceil(2.5) = 3; high among noisy {0.3, 0.1, 0.5, 0.1, 0.2}: 0.5 (2), 0.3 (0), 0.2 (4)
-    assert np.flatnonzero(rules.cap_noisy(v, noisy, 0.25, "high")).tolist() == [0, 2, 4]
-    # cap 0.6 → 6 > 5 noisy: unchanged (the cap never adds tokens)
-    assert rules.cap_noisy(v, noisy, 0.6, "low").tolist() == noisy.tolist()
-    # 0.1 * 30 = 3.0000000000000004 must give 3, not 4
-    assert rules.cap_noisy(np.zeros(30), np.ones(30, dtype=bool), 0.1, "low").sum() == 3
-    assert not rules.cap_noisy(np.array([]), np.array([], dtype=bool), 0.1, "low").any()
+    few = np.array([0, 1, 0, 0, 0, 0, 0, 0, 0, 0], bool)          # 10 % flagged, not MORE than 0.1: unchanged
+    assert rules.cap_ri_released(v, few, 0.1).tolist() == few.tolist()
+    many = np.array([1, 1, 1, 1, 1, 0, 0, 0, 0, 0], bool)         # 50 % > 0.2: bound = sorted(v)[int(10·0.2)] = 0.2
+    assert np.flatnonzero(rules.cap_ri_released(v, many, 0.2)).tolist() == [1, 3]   # v < 0.2, ties at the cut kept
+    # 0.1 → bound sorted(v)[1] = 0.1: nothing is < 0.1, so the cap can flag NOTHING (both 0.1s tie at the cut)
+    assert not rules.cap_ri_released(v, many, 0.1).any()
+    assert not rules.cap_ri_released(np.array([]), np.array([], bool), 0.1).any()
+
+
+def test_released_kn_cap_allows_ceil_minus_one():
+    v = np.linspace(0.96, 0.999, 30)                               # all above 0.95
+    noisy = rules.kn_noisy(v, 0.95)
+    assert noisy.all()
+    # int(30 · 0.9) = 27 → v > sorted(v)[27]: positions 28, 29 — 2 = ceil(3) - 1 tokens
+    assert np.flatnonzero(rules.cap_kn_released(v, noisy, 0.1)).tolist() == [28, 29]
+    # n = 25: int(22.5) = 22 → 2 tokens = ceil(2.5) - 1
+    assert rules.cap_kn_released(v[:25], noisy[:25], 0.1).sum() == 2
+    # never adds a token that was not noisy
+    assert not rules.cap_kn_released(v, np.zeros(30, bool), 0.1).any()
+
+
+def test_released_tr_cap_allows_floor():
+    v = np.arange(30, dtype=float)
+    assert np.flatnonzero(rules.cap_tr_released(v, np.ones(30, bool), 0.1)).tolist() == [0, 1, 2]   # int(3.0) = 3
+    assert rules.cap_tr_released(v[:25], np.ones(25, bool), 0.1).sum() == 2                          # int(2.5) = 2
+    assert rules.cap_tr_released(v[:9], np.ones(9, bool), 0.1).sum() == 0                            # int(0.9) = 0
+    assert set(rules.RELEASED_PERCENTAGES) == {"script", "main"}
+    assert rules.RELEASED_PERCENTAGES["main"] == (0.05, 0.1, 0.05)
+
+
+def test_released_tr_threshold_cumulative_proportion():
+    values, _ = _clumps()
+    thr, info = rules.tr_released_threshold(values, classes=4, weight=1.0)
+    # proportions of values >= each threshold: p0 alone is <= 1, p0 + p1 > 1 at i = 1 → thresholds[0]
+    assert info["chosen"] == 0 and thr == info["thresholds"][0]
+    assert info["proportions"][0] + info["proportions"][1] > 1.0 >= info["proportions"][0]
+    # a large weight is never exceeded → the last threshold
+    thr, info = rules.tr_released_threshold(values, classes=4, weight=5.0)
+    assert info["chosen"] == 2 and thr == info["thresholds"][-1]
+    assert rules.tr_released_threshold(np.array([0.5]), 3, 1.0)[0] == 0.0  # the script's initial value
+
+
+def test_ri_scaled_log_makes_the_fence_reachable():
+    # right-skewed RI (1.0 = uniform attention): spread over decades, one token almost ignored (0.005)
+    ri = np.array([0.2, 0.3, 0.5, 0.8, 1.0, 1.5, 2.5, 4.0, 6.0, 9.0, 0.005])
+    noisy, fence = rules.ri_fence_noisy(ri, 1.5)
+    assert fence < 0 and not noisy.any()                    # raw: Q1 - 1.5·IQR < 0 <= RI, the fence never fires
+    noisy, fence = rules.ri_fence_noisy(rules.ri_scaled(ri, "log"), 1.5)
+    assert np.flatnonzero(noisy).tolist() == [10]
+    assert np.isnan(rules.ri_scaled(np.array([np.nan]), "log")[0])
+    assert rules.ri_scaled(np.array([0.0]), "log")[0] == np.log(1e-12)
+    with pytest.raises(ValueError):
+        rules.ri_scaled(ri, "sqrt")
 
 
 # --- union ------------------------------------------------------------------------------------------------------------
@@ -156,7 +197,7 @@ def test_top_k_global_vs_sample():
     # global: 6 tokens * 0.5 = 3 → 5, 4, 3 (all in sample 0); sample 1 loses everything
     g = rules.top_k_keep(s, 0.5, "global")
     assert [k.tolist() for k in g] == [[True, True, True, False], [False, False]]
-    # sample: round(2) = 2 → 5, 4; round(1) = 1 → 1.0 (NaN is never kept)
+    # sample: int(4 · 0.5) = 2 → 5, 4; int(2 · 0.5) = 1 → 1.0 (NaN is never kept)
     p = rules.top_k_keep(s, 0.5, "sample")
     assert [k.tolist() for k in p] == [[True, True, False, False], [True, False]]
 
@@ -165,11 +206,13 @@ def test_top_k_ties_nan_rounding():
     s = [np.array([3.0, 3, 1]), np.array([3.0, 0])]
     # global: round(5 * 0.4) = 2 among the three 3s → sample 0 first, positions 0 and 1
     assert [k.tolist() for k in rules.top_k_keep(s, 0.4, "global")] == [[True, True, False], [False, False]]
-    # sample: round(1.2) = 1 → position 0; round(0.8) = 1 → the 3
-    assert [k.tolist() for k in rules.top_k_keep(s, 0.4, "sample")] == [[True, False, False], [True, False]]
-    # sample: round(0.1*3) = 0 → at least 1; an all-NaN sample keeps nothing; an empty sample stays empty
+    # sample, Token Cleaning's floor: int(3 · 0.4) = 1 → position 0; int(2 · 0.4) = 0 → nothing (round would keep 1)
+    assert [k.tolist() for k in rules.top_k_keep(s, 0.4, "sample")] == [[True, False, False], [False, False]]
+    # int(0.1 · 3) = 0 → nothing; an all-NaN sample keeps nothing; an empty sample stays empty
     out = rules.top_k_keep([np.array([1.0, 2, 3]), np.array([NAN, NAN]), np.array([])], 0.1, "sample")
-    assert [k.tolist() for k in out] == [[False, False, True], [False, False], []]
+    assert [k.tolist() for k in out] == [[False, False, False], [False, False], []]
+    # int(5 · 0.5) = 2 where round half up would give 3
+    assert rules.top_k_keep([np.arange(5.0)], 0.5, "sample")[0].sum() == 2
     # global: round(0.5 * 5) = round half up = 3 (Python's round would give 2), but only 2 non-NaN scores
     out = rules.top_k_keep([np.array([1.0, NAN, 2]), np.array([NAN, NAN])], 0.5, "global")
     assert [k.tolist() for k in out] == [[True, False, True], [False, False]]

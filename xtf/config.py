@@ -68,6 +68,8 @@ class RIConfig:
     definition: Literal["received", "official"] = "received"  # official: the released code's first-layer row mean
     layers: tuple[int, ...] = ()       # layer indices averaged (negative counts from the end); () = every layer
     k: float = 1.5                     # Tukey fence: noisy if RI < Q1 - k·IQR over the sample's answer tokens
+    scale: Literal["raw", "log"] = "raw"  # the scale the fence is computed on (xtf.rules.ri_scaled): on raw RI
+                                       # the fence falls below 0 and never fires; log makes it reachable
     query_chunk: int = 64              # queries per chunk when reducing attention (bounds peak memory; 64 fits
                                        # CPU caches: measured faster than 256 or 1024 in make bench-scoring)
 
@@ -83,6 +85,13 @@ class TRConfig:
     """Task relevance: cosine(context-free hidden state of the token, domain vector of the expert words)."""
     classes: int = 5                   # Multi-Otsu classes over the answer-token scores
     drop: Literal["second_lowest", "lowest", "two_lowest"] = "second_lowest"  # which cluster(s) are noise
+    # The released code (xtf_official): "released" scorer = each token run ALONE (no special tokens), one score
+    # per decoded stripped text, the first token seen with that text wins; "released" threshold = Multi-Otsu
+    # over every token occurrence (prompt + answer) at skimage's bin centres, the class picked by the
+    # cumulative-proportion test against `weight` (xtf.rules.tr_released_threshold).
+    scorer: Literal["bos", "released"] = "bos"   # bos: [bos, token] per unique token id
+    threshold: Literal["otsu", "released"] = "otsu"
+    weight: float = 1.0                # the released TR score weight (only for threshold=released)
 
 
 @dataclass(frozen=True)
@@ -95,13 +104,24 @@ class MethodConfig:
     ri: RIConfig = RIConfig()
     kn: KNConfig = KNConfig()
     tr: TRConfig = TRConfig()
-    cap: Optional[float] = None        # xtf_official: per attribute, at most this fraction of a sample's answer
-                                       # tokens is noisy (the most extreme ones); None: no cap (the paper)
+    cap: Optional[Literal["script", "main"]] = None  # xtf_official: the released per-attribute caps with their
+                                       # own off-by-one rules (xtf.rules.cap_*_released), percentages [ri, kn, tr]
+                                       # of XTF_script.py ("script": .1/.1/.1) or main.py/README ("main":
+                                       # .05/.1/.05); None: no cap (the paper)
+    exempt_special: bool = True        # special tokens (EOS, end-of-turn, ...) are never noise for any attribute
     # TC (token cleaning) and SLM (Rho-1): a reference model = the base fine-tuned on a warm-up subset.
     keep_ratio: float = 0.6            # fraction of answer tokens kept: the highest (base loss - reference loss)
     scope: Literal["global", "sample"] = "global"  # TC: top-k over the whole set, or within each sample
     reference_warmup: int = 200        # warm-up subset size (first N training examples) for the reference model
     rounds: int = 1                    # TC self-evolving: R > 1 parts, each scored by a reference evolved on the last
+    evolve: Literal["chain", "score_only"] = "chain"  # rounds > 1. chain (TC's code): each part ranked within
+                                       # itself, the reference fine-tuned part by part, the chain's last model IS
+                                       # the result; score_only: the chain only scores, all parts are ranked
+                                       # together and the base is then fine-tuned on every row (this harness's v1)
+    reference_lora_r: int = 64         # TC's reference model: LoRA r 64, dropout 0.1, lr 1e-4, 3 % warm-up
+    reference_lora_dropout: float = 0.1
+    reference_lr: float = 1e-4
+    reference_warmup_ratio: float = 0.03
     # DF: sample-level filtering.
     drop_ratio: float = 0.1            # fraction of samples dropped: those with the highest mean answer loss
     # random: the control that separates denoising from "less data".
@@ -204,7 +224,11 @@ _RANGES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "method.ri.query_chunk": (lambda v: v >= 1, ">= 1"),
     "method.kn.threshold": (lambda v: 0 < v < 1, "in (0, 1)"),
     "method.tr.classes": (lambda v: 2 <= v <= 5, "in [2, 5] (Multi-Otsu search time explodes beyond 5)"),
-    "method.cap": (lambda v: 0 < v < 1, "in (0, 1)"),
+    "method.tr.weight": (lambda v: v > 0, "> 0"),
+    "method.reference_lora_r": (lambda v: v >= 1, ">= 1"),
+    "method.reference_lora_dropout": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "method.reference_lr": (lambda v: 0 < v < 1, "in (0, 1)"),
+    "method.reference_warmup_ratio": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "method.keep_ratio": (lambda v: 0 < v <= 1, "in (0, 1]"),
     "method.reference_warmup": (lambda v: v >= 1, ">= 1"),
     "method.rounds": (lambda v: v >= 1, ">= 1"),

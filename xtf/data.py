@@ -69,7 +69,9 @@ def tokenize_example(tokenizer, example: dict, max_len: int, chat_template: bool
     """(input_ids, response_mask, n_answer_tokens_before_truncation) for one example. Prompt and response are
     tokenised separately and concatenated, so the prompt/answer boundary is exact whatever the tokenizer."""
     p_ids = prompt_ids(tokenizer, example["prompt"], chat_template)
-    r_ids = tokenizer(example["response"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    r_ids = tokenizer(example["response"], add_special_tokens=False)["input_ids"]
+    if example.get("eos", True):  # an example may opt out (GSM8K format=released: the released code has no EOS)
+        r_ids = r_ids + [tokenizer.eos_token_id]
     ids = p_ids + r_ids
     mask = [False] * len(p_ids) + [True] * len(r_ids)
     mask[0] = False  # position 0 has no prefix to be predicted from

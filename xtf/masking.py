@@ -5,16 +5,37 @@ A keep mask is a bool array aligned to `input_ids` (see xtf.data): keep[t] is Tr
 token that is trained on. Prompt tokens and position 0 are never kept.
 
 `METHODS` maps `method.name` to (scores it needs, function). Each function is
-    fn(rows, scores, method, seed) -> (keeps, noisy_by_attribute, info)
+    fn(rows, scores, method, seed, special) -> (keeps, noisy_by_attribute, info)
+`special` is the set of structural token ids (EOS, end-of-turn, other special tokens, `structural_ids`): with
+`method.exempt_special` (the default) no attribute ever flags one — a model that never gets a loss on EOS
+stops learning to stop. xtf_official sets it false: the released code has no such exemption.
 """
 
 from __future__ import annotations
+
+import logging
 
 import numpy as np
 
 from xtf import rules
 
-MASK_VERSION = 2  # bump when any mask rule changes behaviour
+log = logging.getLogger(__name__)
+MASK_VERSION = 3  # bump when any mask rule changes behaviour
+
+
+def structural_ids(tokenizer) -> frozenset[int]:
+    """Ids of the tokenizer's special tokens: the named ones (bos, eos, pad, ...), the additional ones, and every
+    added token marked special (Llama 3's <|eot_id|>, chat-template turn markers)."""
+    ids = set(getattr(tokenizer, "all_special_ids", []) or [])
+    for i, tok in (getattr(tokenizer, "added_tokens_decoder", None) or {}).items():
+        if getattr(tok, "special", False):
+            ids.add(int(i))
+    return frozenset(ids)
+
+
+def _structural(row: dict, special: frozenset[int]) -> np.ndarray:
+    """(L,) bool aligned to input_ids: True at structural tokens."""
+    return np.isin(np.asarray(row["input_ids"]), np.fromiter(special, dtype=np.int64, count=len(special)))
 
 
 def _answer(row: dict) -> np.ndarray:
@@ -32,58 +53,81 @@ def _scatter(rows: list[dict], per_sample: list[np.ndarray]) -> list[np.ndarray]
 
 
 # ------------------------------------------------------------------------------------------------ methods
-def keep_all_answer_tokens(rows, scores, method, seed):
+def keep_all_answer_tokens(rows, scores, method, seed, special=frozenset()):
     """normal / normal_x2 / none / slm (SLM selects tokens per batch during training)."""
     return [_answer(r) for r in rows], {}, {}
 
 
-def xtf_noisy(rows, scores, method) -> tuple[dict[str, list[np.ndarray]], dict]:
-    """Per enabled attribute, the noisy answer tokens (aligned to input_ids) and the thresholds used."""
+def xtf_noisy(rows, scores, method, special: frozenset[int] = frozenset()) -> tuple[dict[str, list], dict]:
+    """Per enabled attribute, the noisy answer tokens (aligned to input_ids) and the thresholds used.
+
+    method=xtf: RI below the per-sample fence on `ri.scale`; KN above the threshold; TR in the dropped Multi-Otsu
+    cluster(s) of the answer tokens. method=xtf_official (cap set, tr.threshold=released): the released rules
+    of xtf.rules (cap_*_released, tr_released_threshold). info[attr]["flagged"] counts the flagged answer tokens;
+    an attribute that flags nothing is logged as a warning (e.g. a fence that never fires)."""
     noisy, info = {}, {}
+    caps = dict(zip(("ri", "kn", "tr"), rules.RELEASED_PERCENTAGES[method.cap])) if method.cap else {}
+    answers = [_answer(r) for r in rows]
+    exempt = ([_structural(r, special)[a] for r, a in zip(rows, answers)] if method.exempt_special and special
+              else [np.zeros(int(a.sum()), dtype=bool) for a in answers])
     if "ri" in method.attributes:
         masks, fences = [], []
-        for row, ri in zip(rows, scores["ri"]):
-            vals = ri[_answer(row)]
+        for a, ri in zip(answers, scores["ri"]):
+            vals = rules.ri_scaled(ri[a], method.ri.scale)
             finite = np.isfinite(vals)                  # the last token has no later query: never RI-noisy
             flags = np.zeros(len(vals), dtype=bool)
             flags[finite], fence = rules.ri_fence_noisy(vals[finite], method.ri.k)
-            if method.cap is not None:
-                flags = rules.cap_noisy(np.where(finite, vals, np.inf), flags, method.cap, "low")
+            if "ri" in caps:
+                flags = rules.cap_ri_released(np.where(finite, vals, np.inf), flags, caps["ri"])
             masks.append(flags)
             fences.append(fence)
-        noisy["ri"] = _scatter(rows, masks)
+        noisy["ri"] = masks
         finite_fences = [f for f in fences if np.isfinite(f)]
-        info["ri"] = {"k": method.ri.k, "fence_quantiles": np.quantile(finite_fences, [0.1, 0.5, 0.9]).tolist()
+        info["ri"] = {"k": method.ri.k, "scale": method.ri.scale,
+                      "fence_quantiles": np.quantile(finite_fences, [0.1, 0.5, 0.9]).tolist()
                       if finite_fences else None}
     if "kn" in method.attributes:
         masks = []
-        for row, kn in zip(rows, scores["kn"]):
-            vals = kn[_answer(row)]
-            flags = rules.kn_noisy(vals, method.kn.threshold)
-            if method.cap is not None:
-                flags = rules.cap_noisy(vals, flags, method.cap, "high")
+        for a, kn in zip(answers, scores["kn"]):
+            flags = rules.kn_noisy(kn[a], method.kn.threshold)
+            if "kn" in caps:
+                flags = rules.cap_kn_released(kn[a], flags, caps["kn"])
             masks.append(flags)
-        noisy["kn"] = _scatter(rows, masks)
+        noisy["kn"] = masks
         info["kn"] = {"threshold": method.kn.threshold}
     if "tr" in method.attributes:
-        per_sample = [tr[_answer(row)] for row, tr in zip(rows, scores["tr"])]
-        flat, otsu = rules.tr_otsu_noisy(np.concatenate(per_sample), method.tr.classes, method.tr.drop)
-        splits = np.split(flat, np.cumsum([len(v) for v in per_sample])[:-1])
-        if method.cap is not None:
-            splits = [rules.cap_noisy(v, f, method.cap, "low") for v, f in zip(per_sample, splits)]
-        noisy["tr"] = _scatter(rows, splits)
+        per_sample = [tr[a] for a, tr in zip(answers, scores["tr"])]
+        if method.tr.threshold == "released":
+            # Fitted on every token occurrence of the set (prompt and answer), as the released code does.
+            cut, otsu = rules.tr_released_threshold(np.concatenate(scores["tr"]), method.tr.classes, method.tr.weight)
+            splits = [v < cut for v in per_sample]
+            otsu["threshold"] = cut
+        else:
+            flat, otsu = rules.tr_otsu_noisy(np.concatenate(per_sample), method.tr.classes, method.tr.drop)
+            splits = np.split(flat, np.cumsum([len(v) for v in per_sample])[:-1])
+        if "tr" in caps:
+            splits = [rules.cap_tr_released(v, f, caps["tr"]) for v, f in zip(per_sample, splits)]
+        noisy["tr"] = list(splits)
         info["tr"] = otsu
+    for name in noisy:
+        before = sum(int(m.sum()) for m in noisy[name])
+        noisy[name] = _scatter(rows, [m & ~e for m, e in zip(noisy[name], exempt)])
+        flagged = sum(int(m.sum()) for m in noisy[name])
+        info[name].update(flagged=flagged, exempted_structural=before - flagged, cap=caps.get(name))
+        if flagged == 0 and rows:
+            log.warning("XTF attribute %s flags no answer token of %d rows (%s): it does nothing in this run",
+                        name, len(rows), {k: v for k, v in info[name].items() if k in ("k", "scale", "threshold")})
     return noisy, info
 
 
-def xtf(rows, scores, method, seed):
+def xtf(rows, scores, method, seed, special=frozenset()):
     """XTF: an answer token is noise if any enabled attribute flags it; noise keeps its place, gets no loss."""
-    noisy, info = xtf_noisy(rows, scores, method)
+    noisy, info = xtf_noisy(rows, scores, method, special)
     keeps = [_answer(r) & ~rules.union([noisy[a][i] for a in noisy]) for i, r in enumerate(rows)]
     return keeps, noisy, info
 
 
-def tc(rows, scores, method, seed):
+def tc(rows, scores, method, seed, special=frozenset()):
     """Token Cleaning: score = base-model loss − reference-model loss per answer token; keep the top
     `keep_ratio` (globally or per sample). High score = the reference learned it from the data: informative."""
     per_sample = [(nll - ref)[_answer(r)] for r, nll, ref in zip(rows, scores["nll"], scores["ref_nll"])]
@@ -91,7 +135,7 @@ def tc(rows, scores, method, seed):
     return _scatter(rows, kept), {}, {"keep_ratio": method.keep_ratio, "scope": method.scope}
 
 
-def df(rows, scores, method, seed):
+def df(rows, scores, method, seed, special=frozenset()):
     """DF, sample-level filtering: drop the `drop_ratio` of samples with the highest mean answer-token loss
     under the base model (the samples it finds most anomalous); keep every answer token of the others."""
     mean_loss = np.array([nll[_answer(r)].mean() for r, nll in zip(rows, scores["nll"])])
@@ -100,13 +144,13 @@ def df(rows, scores, method, seed):
     return keeps, {}, {"drop_ratio": method.drop_ratio, "dropped_samples": int((~keep_sample).sum())}
 
 
-def random_control(rows, scores, method, seed):
+def random_control(rows, scores, method, seed, special=frozenset()):
     """random: in each sample, mask as many answer tokens as `method.match` masks there (at random positions),
     or a fixed `ratio`; seeded by the run seed. Separates denoising from "less data"."""
     n_answer = [int(_answer(r).sum()) for r in rows]
     if method.match is not None:
         _, fn = METHODS[method.match]
-        matched, _, _ = fn(rows, scores, method, seed)
+        matched, _, _ = fn(rows, scores, method, seed, special)
         n_mask = [a - int(k.sum()) for a, k in zip(n_answer, matched)]
         kept = rules.random_matched(n_mask, n_answer, seed)
     else:
@@ -114,7 +158,7 @@ def random_control(rows, scores, method, seed):
     return _scatter(rows, kept), {}, {"match": method.match, "ratio": method.ratio if method.match is None else None}
 
 
-def oracle(rows, scores, method, seed):
+def oracle(rows, scores, method, seed, special=frozenset()):
     """oracle (synthetic task only): mask exactly the injected noise — the ceiling any filter can reach."""
     if not any("truth" in r for r in rows):
         raise ValueError("method=oracle needs ground-truth noise: task=synth with a task.options.*_rate > 0")
@@ -176,17 +220,20 @@ def mask_stats(rows: list[dict], keeps: list[np.ndarray], noisy: dict[str, list[
         "empty_samples": int((kept == 0).sum()),
     }
     for name, masks in noisy.items():
-        stats[f"noisy_fraction_{name}"] = float(sum(int(m.sum()) for m in masks) / max(answer.sum(), 1))
+        stats[f"noisy_tokens_{name}"] = int(sum(int(m.sum()) for m in masks))
+        stats[f"noisy_fraction_{name}"] = float(stats[f"noisy_tokens_{name}"] / max(answer.sum(), 1))
     if len(noisy) > 1:
         flat = {name: np.concatenate([m[_answer(r)] for m, r in zip(masks, rows)]) for name, masks in noisy.items()}
         stats["overlaps"] = rules.overlaps(flat)
     return stats
 
 
-def mask(rows: list[dict], scores: dict, method, seed: int) -> tuple[list[np.ndarray], dict[str, list], dict]:
-    """(keep masks, noisy masks per attribute, statistics + the thresholds used) for `rows` under `method`."""
+def mask(rows: list[dict], scores: dict, method, seed: int, special: frozenset[int] = frozenset()
+         ) -> tuple[list[np.ndarray], dict[str, list], dict]:
+    """(keep masks, noisy masks per attribute, statistics + the thresholds used) for `rows` under `method`.
+    `special`: structural token ids (`structural_ids(tokenizer)`), exempt under method.exempt_special."""
     _, fn = METHODS[method.name]
-    keeps, noisy, info = fn(rows, scores, method, seed)
+    keeps, noisy, info = fn(rows, scores, method, seed, special)
     return keeps, noisy, {**mask_stats(rows, keeps, noisy), "rule": info}
 
 

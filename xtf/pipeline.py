@@ -57,7 +57,8 @@ def run(cfg: RunConfig) -> dict:
                 masking.scores_needed(cfg.method), cfg, model, tokenizer, rows, weights, token_stats["cache_key"],
                 task.EXPERT_WORDS, results.outputs_dir(cfg))
         with timer("mask"):
-            keeps, noisy, mask_stats = masking.mask(rows, scores, cfg.method, cfg.seed)
+            keeps, noisy, mask_stats = masking.mask(rows, scores, cfg.method, cfg.seed,
+                                                    masking.structural_ids(tokenizer))
             detection = masking.detection(rows, keeps, noisy, scores)  # synthetic noise only, else None
         train_info = None
         if cfg.method.finetune:

@@ -39,6 +39,20 @@ def ri_fence_noisy(values: np.ndarray, k: float) -> tuple[np.ndarray, float]:
     return finite & (values < fence), fence
 
 
+def ri_scaled(values: np.ndarray, scale: str) -> np.ndarray:
+    """RI on the scale its fence is computed on. "raw": unchanged. "log": natural log of max(RI, 1e-12).
+    Why log: RI ("received", 1.0 = uniform attention) is >= 0 and right-skewed — a few tokens draw many times
+    the uniform share — so on the raw scale Q1 - 1.5·IQR lies below 0 in practically every sample and the
+    fence never fires; on the log scale the distribution is near-symmetric and the low tail is reachable.
+    NaN (no later query) stays NaN. Returns float64, same shape."""
+    values = np.asarray(values, dtype=np.float64)
+    if scale == "raw":
+        return values
+    if scale == "log":
+        return np.log(np.maximum(values, 1e-12))
+    raise ValueError(f"scale={scale!r}; choose 'raw' or 'log'")
+
+
 def kn_noisy(pcp: np.ndarray, threshold: float) -> np.ndarray:
     """KN: noisy = PCP > threshold (strict; PCP = P(gold token | prefix) in [0, 1], so PCP == threshold is
     kept). NaN is never noisy. Shape preserved."""
@@ -107,26 +121,75 @@ def tr_otsu_noisy(values_all: np.ndarray, classes: int, drop: str, nbins: int = 
     return noisy, info
 
 
-def cap_noisy(values: np.ndarray, noisy: np.ndarray, cap: float, extreme: str) -> np.ndarray:
-    """The released code's per-attribute cap (xtf_official), one sample at a time.
+# ------------------------------------------------------------------------------- the released code's rules
+# xtf_official reproduces EonHao/XTF XTF_script.py (bd83b19), DatasetEditor.filtering_tokens_and_give_labels and
+# get_score, including its quirks: each attribute has its own cap with its own off-by-one rule. `fraction` is
+# the script's percentage_interest entry for the attribute; n = the sample's answer tokens; "sorted(v)[i]" is
+# Python's sorted over the sample's answer values, i = int(n·x) computed in float64 exactly as the script does.
+RELEASED_PERCENTAGES = {"script": (0.1, 0.1, 0.1),   # XTF_script.py's argparse default [ri, kn, tr]
+                        "main": (0.05, 0.1, 0.05)}  # main.py's default and the README's XTF_script.py example
 
-    values, noisy: (n,) over one sample's answer tokens. Of the noisy tokens, keep (as noisy) at most
-    m = ceil(cap·n) (n = all answer tokens of the sample, noisy or not): the most extreme ones — extreme="low":
-    the smallest values (RI, TR), "high": the largest (KN). Ties go to the earlier position; NaN values count
-    as the least extreme. Returns the capped (n,) bool mask, a subset of `noisy`."""
-    if extreme not in ("low", "high"):
-        raise ValueError(f"extreme={extreme!r}; choose 'low' or 'high'")
+
+def _released_index(n: int, x: float) -> int:
+    return int(n * x)  # the script's int(len(scores) * percentage): truncation, float error included
+
+
+def cap_ri_released(values: np.ndarray, noisy: np.ndarray, fraction: float) -> np.ndarray:
+    """RI cap: ONLY when the fence flags MORE than `fraction` of the sample (np.mean(noisy) > fraction), the
+    bound becomes b = sorted(v)[int(n·fraction)] and noisy = v < b: at most int(n·fraction) tokens, ties at the
+    cut kept. Otherwise the fence's flags are returned unchanged. values, noisy: (n,)."""
     values = np.asarray(values, dtype=np.float64)
     noisy = np.asarray(noisy, dtype=bool)
-    if values.shape != noisy.shape:
-        raise ValueError(f"values {values.shape} and noisy {noisy.shape} differ in shape")
-    m = math.ceil(cap * values.size - _EPS)
-    idx = np.flatnonzero(noisy)
-    key = values[idx] if extreme == "low" else -values[idx]
-    chosen = idx[np.lexsort((idx, key))[:m]]  # primary: key ascending (NaN last); secondary: position
-    out = np.zeros(noisy.shape, dtype=bool)
-    out[chosen] = True
-    return out
+    if values.size == 0 or not noisy.mean() > fraction:
+        return noisy
+    return values < sorted(values.tolist())[_released_index(values.size, fraction)]
+
+
+def cap_kn_released(values: np.ndarray, noisy: np.ndarray, fraction: float) -> np.ndarray:
+    """KN cap: noisy AND v > sorted(v)[int(n·(1 − fraction))] — at most n − int(n·(1 − fraction)) − 1 tokens
+    (⌈fraction·n⌉ − 1 when n·fraction is not an integer up to float error; e.g. 2 of 30 at 0.1)."""
+    values = np.asarray(values, dtype=np.float64)
+    noisy = np.asarray(noisy, dtype=bool)
+    if values.size == 0:
+        return noisy
+    return noisy & (values > sorted(values.tolist())[_released_index(values.size, 1 - fraction)])
+
+
+def cap_tr_released(values: np.ndarray, noisy: np.ndarray, fraction: float) -> np.ndarray:
+    """TR cap: noisy AND v < sorted(v)[int(n·fraction)] — at most ⌊fraction·n⌋ tokens, ties at the cut kept."""
+    values = np.asarray(values, dtype=np.float64)
+    noisy = np.asarray(noisy, dtype=bool)
+    if values.size == 0:
+        return noisy
+    return noisy & (values < sorted(values.tolist())[_released_index(values.size, fraction)])
+
+
+def tr_released_threshold(values_all: np.ndarray, classes: int, weight: float) -> tuple[float, dict]:
+    """TR threshold as XTF_script.get_score computes it. `values_all`: the score of EVERY token occurrence of
+    the training set (question and answer tokens: frequency weighting = one entry per occurrence).
+    thresholds = skimage threshold_multiotsu(values_all, classes) (skimage's own 256-bin histogram; the
+    thresholds are bin CENTRES); proportions[i] = mean(values_all >= thresholds[i]); walking i = 0, 1, ... the
+    proportions are summed and at the first i where the sum exceeds `weight` (the script's score weight, 1.0 in
+    the README) the threshold is thresholds[i − 1] (thresholds[0] when i = 0); if the sum never exceeds it,
+    thresholds[-1]. With one value or none the threshold stays the script's initial 0.0. A token is then
+    TR-noisy when its score < threshold (strict). With weight 1.0 and typical proportions (0.9, 0.9, ...) the
+    sum exceeds 1 at i = 1, so the LOWEST class is dropped — not the paper's second-lowest.
+    Returns (threshold, info = {"thresholds", "proportions", "chosen"})."""
+    from skimage.filters import threshold_multiotsu  # local: importing skimage costs ~1 s
+
+    values = np.asarray(values_all, dtype=np.float64).reshape(-1)
+    if values.size <= 1:
+        return 0.0, {"thresholds": [], "proportions": [], "chosen": None}
+    thresholds = threshold_multiotsu(values, classes=classes)
+    proportions = [float(np.mean(values >= t)) for t in thresholds]
+    threshold, chosen, total = float(thresholds[-1]), len(thresholds) - 1, 0.0
+    for i, p in enumerate(proportions):
+        total += p
+        if total > weight:
+            chosen = i - 1 if i > 0 else 0
+            threshold = float(thresholds[chosen])
+            break
+    return threshold, {"thresholds": [float(t) for t in thresholds], "proportions": proportions, "chosen": chosen}
 
 
 def union(masks: list[np.ndarray]) -> np.ndarray:
@@ -142,9 +205,9 @@ def union(masks: list[np.ndarray]) -> np.ndarray:
 def top_k_keep(scores: list[np.ndarray], keep_ratio: float, scope: str) -> list[np.ndarray]:
     """TC: keep the answer tokens with the highest scores (base loss - reference loss).
 
-    scores: one (n_i,) array per sample. scope="global": keep k = round(keep_ratio·Σn_i) tokens over all
-    samples; scope="sample": in each sample keep k_i = round(keep_ratio·n_i), at least 1 when n_i > 0.
-    round = half up. Order: a stable sort on (-score, sample index, position), so ties go to the earlier
+    scores: one (n_i,) array per sample. scope="global": keep k = round(keep_ratio·Σn_i) (half up) tokens over
+    all samples; scope="sample": in each sample keep k_i = int(n_i·keep_ratio) = ⌊n_i·keep_ratio⌋, as Token
+    Cleaning's code does (a sample of 3 tokens at 0.3 keeps none). Order: a stable sort on (-score, sample index, position), so ties go to the earlier
     sample, then the earlier position. NaN scores are never kept (fewer than k are kept if needed).
     Returns keep masks, one (n_i,) bool array per sample."""
     if scope not in ("global", "sample"):
@@ -166,8 +229,7 @@ def top_k_keep(scores: list[np.ndarray], keep_ratio: float, scope: str) -> list[
     else:
         for i, s in enumerate(scores):
             if s.size:
-                k = max(1, _round_half_up(keep_ratio * s.size))
-                pick(np.full(s.size, i), np.arange(s.size), s, k)
+                pick(np.full(s.size, i), np.arange(s.size), s, int(s.size * keep_ratio))
     return keeps
 
 

@@ -8,11 +8,16 @@ One batched forward pass (right padding) gives, for every token t of every row:
              "received" (default): mean over later valid queries q > t of (q + 1) · A[q, t], averaged over heads
                         and layers; 1.0 = as much attention as a uniform causal row gives. NaN where no later
                         query exists (the last token).
-             "official" (the released code): mean over heads of the first layer's attention ROW of t divided by
-                        the sequence length, which is ≈ 1/L for every token (a causal softmax row sums to 1).
+             "official" (the released code, `released_forward_scores`): one row at a time with eager attention,
+                        as XTF_script.get_attention_score / get_ppl_score compute them: RI = the first layer's
+                        attention ROW of t averaged over heads and over all L keys, which is ≈ 1/L for every
+                        token (a causal softmax row sums to 1) — the filter then picks tokens by float rounding,
+                        so this path reproduces the script's arithmetic op for op (a bug kept on purpose);
+                        kn = float32 softmax of the logits at the gold token.
 A second pass over the *unique* token ids gives
     tr[t]  = cosine(context-free last hidden state of token t, domain vector), the domain vector being the mean
-             last hidden state of the task's expert words, each run alone.
+             last hidden state of the task's expert words, each run alone. `method.tr.scorer`: "bos" runs
+             [bos, token]; "released" (`released_tr_scores`) runs the token alone and keys scores by text.
 
 Peak memory holds one layer's attention for one chunk of queries (`method.ri.query_chunk`) at a time: the
 attention probabilities are reduced to per-token vectors as they are computed, never returned.
@@ -39,7 +44,9 @@ from xtf import cache
 from xtf.train import token_nll
 
 log = logging.getLogger(__name__)
-SCORER_VERSIONS = {"forward": 1, "tr": 1, "reference": 1}
+# forward_official / tr_released: the released code's scorers (xtf_official), versioned on their own so that a
+# change to them re-scores only their runs.
+SCORER_VERSIONS = {"forward": 1, "forward_official": 2, "tr": 1, "tr_released": 1, "reference": 2}
 ATTN_NAME = "xtf_ri"
 
 
@@ -219,6 +226,78 @@ def tr_scores(model, tokenizer, rows: list[dict], expert_words: tuple[str, ...],
     return {"tr": [np.array([lookup[t] for t in r["input_ids"]], dtype=np.float32) for r in rows]}
 
 
+@torch.no_grad()
+def released_forward_scores(model, rows: list[dict], desc: str = "scoring (released)") -> dict:
+    """{"nll", "kn", "ri"} as XTF_script.py computes them (module doc, "official"), one row at a time, no
+    padding and no attention mask (the script's batch of one). RI comes from a hook on the first attention
+    module, which under eager attention returns its [1, H, L, L] probabilities; only that layer's are held."""
+    device = next(model.parameters()).device
+    first = _attention_modules(model)[0]
+    grabbed = {}
+    hook = first.register_forward_hook(lambda mod, args, output: grabbed.__setitem__("attn", output[1]))
+    previous = model.config._attn_implementation
+    model.set_attn_implementation("eager")
+    out = {"nll": [], "kn": [], "ri": []}
+    try:
+        for row in tqdm(rows, desc=desc, unit="row"):
+            ids = torch.tensor([row["input_ids"]], dtype=torch.long, device=device)
+            logits = model(input_ids=ids).logits                                    # [1, L, V]
+            attn = grabbed.pop("attn")                                              # [1, H, L, L]
+            ri = torch.mean(torch.mean(attn, dim=1).squeeze(0), dim=1)              # the script's two means
+            probs = F.softmax(logits[0, :-1].float(), dim=-1)                       # [L-1, V] float32
+            kn = torch.zeros(ids.shape[1])
+            kn[1:] = probs.gather(-1, ids[0, 1:, None])[:, 0].cpu()                 # position 0: the script's 0.0
+            nll = token_nll(logits.float(), ids)[0].cpu().numpy()
+            out["nll"].append(nll.astype(np.float32))
+            out["kn"].append(kn.numpy().astype(np.float32))
+            out["ri"].append(ri.float().cpu().numpy())
+    finally:
+        hook.remove()
+        model.set_attn_implementation(previous)
+    return out
+
+
+def released_text_key(tokenizer, token_id: int) -> str:
+    """The released code's TR cache key: the token decoded alone without special tokens, stripped — so every
+    special token and every whitespace-only token share the key ""."""
+    return tokenizer.decode([token_id], skip_special_tokens=True).strip()
+
+
+@torch.no_grad()
+def released_tr_scores(model, tokenizer, rows: list[dict], expert_words: tuple[str, ...],
+                       batch_size: int = 256) -> dict:
+    """{"tr": [...]} as XTF_script.get_score computes it: the domain vector is the mean over expert words of
+    the mean last hidden state of the word's tokens run alone (ScoreR.get_word_vector: no special tokens);
+    a token's score is cosine(last hidden state of the token run ALONE, no BOS, domain vector). Scores are
+    cached by `released_text_key`, and the FIRST token id met with a key (rows in order, every position,
+    prompt included) decides the score of every later token with that key — the released code's bug, kept:
+    e.g. BOS, "\n" and " " all get the score of whichever came first. Single-token forwards are batched
+    ([N, 1]: no padding, no interaction), which changes only float rounding."""
+    device = next(model.parameters()).device
+
+    def last_hidden(ids: list[int]) -> torch.Tensor:                                # [len, H]
+        return model(input_ids=torch.tensor([ids], device=device),
+                     output_hidden_states=True).hidden_states[-1][0].float()
+
+    vectors = [last_hidden(ids).mean(0) for ids in (tokenizer(w, add_special_tokens=False)["input_ids"]
+                                                    for w in expert_words) if ids]
+    domain = torch.stack(vectors).mean(0)                                           # [H]
+    first_id: dict[str, int] = {}
+    for r in rows:
+        for t in r["input_ids"]:
+            first_id.setdefault(released_text_key(tokenizer, int(t)), int(t))
+    unique = sorted(set(first_id.values()))
+    sims = []
+    for s in range(0, len(unique), batch_size):
+        chunk = torch.tensor(unique[s:s + batch_size], device=device)[:, None]    # [N, 1]
+        hidden = model(input_ids=chunk, output_hidden_states=True).hidden_states[-1][:, 0].float()
+        sims.append(F.cosine_similarity(hidden, domain[None], dim=-1).cpu())
+    by_id = dict(zip(unique, torch.cat(sims).numpy().astype(np.float32))) if unique else {}
+    by_key = {k: by_id[i] for k, i in first_id.items()}
+    return {"tr": [np.array([by_key[released_text_key(tokenizer, int(t))] for t in r["input_ids"]], dtype=np.float32)
+                   for r in rows]}
+
+
 # -------------------------------------------------------------------------------------------------- cache
 def model_identity(weights: str) -> str:
     """Identity of the base weights: their config.json and the names + sizes of the weight files (a local
@@ -312,11 +391,16 @@ def compute_scores(needed: tuple[str, ...], cfg, model, tokenizer, rows: list[di
     groups = {
         # One forward pass gives nll, kn (= PCP) and ri.
         "forward": ({"nll", "kn", "ri"},
-                    {**base, "v": SCORER_VERSIONS["forward"], "ri": [ri.definition, list(ri.layers)]},
-                    lambda: forward_scores(model, rows, tokenizer.pad_token_id, cfg.eval.batch_size, ri.definition,
-                                           ri.layers, ri.query_chunk)),
-        "tr": ({"tr"}, {**base, "v": SCORER_VERSIONS["tr"], "expert_words": list(expert_words)},
-               lambda: tr_scores(model, tokenizer, rows, expert_words)),
+                    {**base, "v": SCORER_VERSIONS["forward_official" if ri.definition == "official" else "forward"],
+                     "ri": [ri.definition, list(ri.layers)]},
+                    lambda: released_forward_scores(model, rows) if ri.definition == "official" else
+                    forward_scores(model, rows, tokenizer.pad_token_id, cfg.eval.batch_size, ri.definition,
+                                   ri.layers, ri.query_chunk)),
+        "tr": ({"tr"}, {**base, "expert_words": list(expert_words),
+                        **({"v": SCORER_VERSIONS["tr_released"], "scorer": "released"}
+                           if cfg.method.tr.scorer == "released" else {"v": SCORER_VERSIONS["tr"]})},
+               lambda: released_tr_scores(model, tokenizer, rows, expert_words) if cfg.method.tr.scorer == "released"
+               else tr_scores(model, tokenizer, rows, expert_words)),
         "reference": ({"ref_nll"}, {**base, "v": SCORER_VERSIONS["reference"], "seed": cfg.seed,
                                     "warmup": cfg.method.reference_warmup, "train": dataclasses.asdict(cfg.train),
                                     "evolve": evolve_spec},

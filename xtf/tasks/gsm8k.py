@@ -4,10 +4,20 @@ Sources: `<data_dir>/gsm8k/{train,test}.jsonl` (the files of openai/grade-school
 "openai/gsm8k", config "main". Both have the fields `question` and `answer`; `answer` is a worked rationale with
 `<<expr=val>>` calculator annotations, ending in a line `#### <final answer>`.
 
-Example:
+Example (task.options.format=template, the default):
     prompt    "Question: <question>\nAnswer:"
-    response  " <rationale without calculator annotations>" (+ "\n#### 72" under target=rationale_answer)
+    response  " <rationale without calculator annotations>" (+ "\n#### 72" under target=rationale_answer) + EOS
     answer    "72"  (the number after ####, commas removed)
+task.options.format=released — the training text of the released XTF code (XTF_script.format_tr_gsm8k):
+    prompt    "<question>" as in the file, no template;  response  "<rationale>" = answer.split("####")[0].strip(),
+    <<calc>> annotations kept, no "#### N" line, no EOS (`target` is ignored).
+
+Answer extraction (EXTRACTORS; eval/xtf_gsm8k.yaml runs the same rules inside lm-eval):
+    strict    lm-eval's built-in gsm8k "strict-match": regex "#### (\-?[0-9\.\,]+)", first match, then the
+              exact_match normalisation of its gsm8k task (lower case; remove ",", "$", "(?s).*#### ", "\.$").
+              "####72", "#### $72" → no answer; "#### 72.00" → "72.00" ≠ "72".
+    flexible  the released XTF code's rule (utils/dataset_eval.py): the LAST r"\d+(\.\d+)?" of prompt + output
+              — no minus sign ("-5" → "5"), "1,000" splits into "1" and "000" → "000"; compared as numbers.
 """
 
 from __future__ import annotations
@@ -31,7 +41,7 @@ from xtf.tasks.common import (
 
 HUB_ID = "openai/gsm8k"
 HUB_CONFIG = "main"
-EXTRACT_VERSION = 1
+EXTRACT_VERSION = 2  # 2: strict / flexible = lm-eval gsm8k's filters, + released
 # The XTF paper's maths domain words.
 EXPERT_WORDS: tuple[str, ...] = tuple(str(i) for i in range(1, 11)) + ("+", "-", "*", "/", "=", "maths")
 
@@ -45,36 +55,74 @@ class Options:
     #                       evaluate it with the "flexible" extractor).
     # Both drop the <<expr=val>> calculator annotations, which are not natural text.
     target: Literal["rationale_answer", "rationale"] = "rationale_answer"
+    # "template": the prompt/response above; "released": the released XTF code's text (module docstring).
+    format: Literal["template", "released"] = "template"
 
 
 _CALC = re.compile(r"<<[^>]*>>")
-# A number as written in text: optional sign and "$", digits with thousands commas, optional decimals.
-_NUM = r"-?\$?\d(?:[\d,]*\d)?(?:\.\d+)?"
-_STRICT = re.compile(r"####\s*(" + _NUM + ")")
-_ANY_NUM = re.compile(_NUM)
+# lm-eval 0.4's built-in gsm8k task (lm_eval/tasks/gsm8k/gsm8k.yaml): its two filters and the normalisation
+# its exact_match metric applies to prediction and reference alike (regexes_to_ignore in order, then lower case).
+LMEVAL_STRICT = re.compile(r"#### (\-?[0-9\.\,]+)")                 # "strict-match", first match
+LMEVAL_FLEXIBLE = re.compile(r"(-?[$0-9.,]{2,})|(-?[0-9]+)")          # "flexible-extract", last match
+LMEVAL_IGNORE = (",", "\\$", "(?s).*#### ", "\\.$")
+# The released XTF code's rule (utils/dataset_eval.py evaluate_gsm8k.extract_answer).
+RELEASED_NUMBER = re.compile(r"\d+(?:\.\d+)?")
+
+
+def lmeval_normalise(s: str) -> str:
+    """lm-eval gsm8k's exact_match normalisation: remove each regex of LMEVAL_IGNORE in turn, lower case."""
+    for pattern in LMEVAL_IGNORE:
+        s = re.sub(pattern, "", s)
+    return s.lower()
+
+
+def extract_strict(text: str) -> Optional[str]:
+    """lm-eval's strict-match: the first "#### <[-0-9.,]+>" (exactly one space after ####), normalised as its
+    metric does; None when absent. "####72" and "#### $72" → None; "#### 72.00" → "72.00" (≠ "72")."""
+    m = LMEVAL_STRICT.search(text)
+    return lmeval_normalise(m.group(1).strip()) if m else None
+
+
+def extract_flexible(text: str) -> Optional[str]:
+    """lm-eval's flexible-extract: the last match of (-?[$0-9.,]{2,})|(-?[0-9]+), normalised as its metric does
+    ("$1,000." → "1000"; "3.50" stays "3.50")."""
+    found = LMEVAL_FLEXIBLE.findall(text)
+    if not found:
+        return None
+    last = [g for g in found[-1] if g]
+    return lmeval_normalise(last[0].strip()) if last else None
+
+
+def extract_released(text: str) -> Optional[str]:
+    """The released XTF code's rule: the LAST r"\d+(?:\.\d+)?" in the text, compared as a number (float ==
+    float): no minus sign ("-5" → "5"), "1,000" splits ("000" → "0"). The released code searches the decoded
+    prompt + output; `released_filter` (eval/xtf_gsm8k.yaml) does the same, this function sees what it is given."""
+    found = RELEASED_NUMBER.findall(text)
+    if not found:
+        return None
+    f = float(found[-1])
+    return str(int(f)) if f.is_integer() else repr(f)
 
 
 def normalize_number(s: str) -> str:
-    """"$1,234.50" → "1234.5", "72.0" → "72", "12." → "12": one spelling per value, compared as strings."""
+    """"$1,234.50" → "1234.5", "72.0" → "72", "12." → "12": one spelling per value (the gold answers)."""
     s = s.strip().replace(",", "").replace("$", "").rstrip(".")
     if "." in s:
         s = s.rstrip("0").rstrip(".")
     return "0" if s == "-0" else s
 
 
-def extract_strict(text: str) -> Optional[str]:
-    """The number after the first "#### " (the GSM8K answer format), or None."""
-    m = _STRICT.search(text)
-    return normalize_number(m.group(1)) if m else None
+# strict is the primary metric. Gold answers ("72", from the "#### " line, commas removed) are unchanged by
+# lmeval_normalise and by xtf.evaluate.normalise.
+EXTRACTORS: dict[str, Callable[[str], Optional[str]]] = {
+    "strict": extract_strict, "flexible": extract_flexible, "released": extract_released}
 
 
-def extract_flexible(text: str) -> Optional[str]:
-    """The last number anywhere in the text, or None (for models that do not write "####")."""
-    found = _ANY_NUM.findall(text)
-    return normalize_number(found[-1]) if found else None
+def released_filter(resps, docs):
+    """lm-eval filter (eval/xtf_gsm8k.yaml): the released rule on prompt + generation, as the released code
+    decodes both; "[invalid]" when no number is found."""
+    return [[extract_released(doc["prompt"] + r) or "[invalid]" for r in gens] for gens, doc in zip(resps, docs)]
 
-
-EXTRACTORS: dict[str, Callable[[str], Optional[str]]] = {"strict": extract_strict, "flexible": extract_flexible}
 
 # Evaluation protocol: lm-eval task eval/xtf_gsm8k.yaml (xtf.lmeval). Metric key → (lm-eval task, "metric,filter");
 # the first is the primary metric ("accuracy"), in the same order as EXTRACTORS.
@@ -82,6 +130,7 @@ EVALUATION = "lm_eval"
 LM_EVAL_METRICS: dict[str, tuple[str, str]] = {
     "accuracy_strict": ("xtf_gsm8k", "exact_match,strict"),
     "accuracy_flexible": ("xtf_gsm8k", "exact_match,flexible"),
+    "accuracy_released": ("xtf_gsm8k", "exact_match,released"),
 }
 LM_EVAL_TASKS: tuple[str, ...] = ("xtf_gsm8k",)
 
@@ -98,6 +147,9 @@ def convert(row: dict, idx: int, split: str, where: str, opts: Options, checker:
     if not answer:
         checker.fail(where, "field 'answer' has an empty value after '#### '")
         return None
+    if opts.format == "released":  # XTF_script.format_tr_gsm8k, character for character
+        return {"id": f"gsm8k-{split}-{idx}", "prompt": row["question"],
+                "response": row["answer"].split("####")[0].strip(), "answer": answer, "eos": False}
     rationale = _CALC.sub("", rationale).strip()
     response = rationale if opts.target == "rationale" else f"{rationale}\n#### {answer}"
     return {
