@@ -113,3 +113,46 @@ def test_base_model_evaluation_is_computed_once_across_seeds_and_predictions_car
         ev.evaluate(model, None, tasks.TASKS["code"], examples, cfg("method=none", "task=code", f"seed={seed}"),
                     tmp_path)
     assert code == [1, 1]  # HumanEval samples: never reused
+
+
+GSM8K_TINY = ["task=gsm8k", "model.tiny=random", "debug=fast", "data.limit=8", "data.eval_limit=4",
+              "wandb.mode=offline"]
+
+
+def _run(tmp_path, *overrides, env=None):
+    import os
+
+    drop = ("WANDB_SILENT", "XTF_KEEP_FAILED_OUTPUTS")  # conftest silences W&B; here the harness must do it
+    env = {**{k: v for k, v in os.environ.items() if k not in drop}, **(env or {})}
+    cmd = [sys.executable, str(ROOT / "run.py"), *GSM8K_TINY, f"paths.results_dir={tmp_path / 'results'}",
+           f"paths.outputs_dir={tmp_path / 'outputs'}", f"paths.cache_dir={tmp_path / 'cache'}", *overrides]
+    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+    return p.returncode, p.stdout + p.stderr
+
+
+def test_a_training_and_gsm8k_run_prints_no_known_library_noise(tmp_path):
+    """Before: peft's FutureWarning on every training run, lm-eval's two `pretrained` warnings on every GSM8K
+    run, seven W&B banner lines, and a per-request progress bar whose first ETA was batch_size× too long."""
+    from conftest import require_shared_data
+
+    require_shared_data()
+    rc, out = _run(tmp_path, "method=normal")
+    assert rc == 0, out
+    for noise in ("FutureWarning", "is_gradient_checkpointing", "`pretrained` model kwarg",
+                  "already-initialized model", "Running generate_until requests:"):
+        assert noise not in out, noise
+    assert not [line for line in out.splitlines() if line.startswith("wandb:")], out
+    assert len([line for line in out.splitlines() if line.startswith("[xtf] W&B offline run: ")]) == 1
+    assert "lm-eval generate: 100%" in out  # our per-batch bar replaced lm-eval's per-request one
+
+
+def test_a_failed_run_leaves_no_hydra_or_wandb_folder_unless_asked(tmp_path):
+    from conftest import require_shared_data
+
+    require_shared_data()
+    rc, out = _run(tmp_path, "data.max_len=8")  # fails in the run, after W&B started: nothing fits in 8 tokens
+    assert rc == 2 and "raise data.max_len" in out, out
+    assert not (tmp_path / "outputs" / "hydra").exists() and not (tmp_path / "outputs" / "wandb").exists()
+    rc, out = _run(tmp_path, "data.max_len=8", env={"XTF_KEEP_FAILED_OUTPUTS": "1"})
+    assert rc == 2 and list((tmp_path / "outputs" / "hydra").glob("*/*/.hydra")), out
+    assert list((tmp_path / "outputs" / "wandb" / "wandb").glob("offline-run-*"))

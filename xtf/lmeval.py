@@ -24,6 +24,7 @@ legacy exact-match path, xtf.evaluate), followed by xtf.evaluate.normalise on bo
 from __future__ import annotations
 
 import json
+import logging
 import random
 import shutil
 from pathlib import Path
@@ -223,14 +224,71 @@ def join_predictions(examples: list[dict], samples: dict[str, list[dict]],
     return [by_id[str(ex["id"])] for ex in examples]
 
 
+# lm-eval's two warnings on every in-memory model: both say that `pretrained` is a model object, which is how this
+# harness uses HFLM on purpose (one process, no accelerate launch). Only these exact messages are dropped.
+_KNOWN_HFLM_WARNINGS = ("`pretrained` model kwarg is not of type `str`",
+                        "Passed an already-initialized model through `pretrained`")
+
+
+class _DropKnownWarnings(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(_KNOWN_HFLM_WARNINGS)
+
+
 def make_lm(model, tokenizer, batch_size: int):
-    """lm-eval's HFLM around the in-memory model (no reload, no copy; its dtype and device are kept)."""
+    """lm-eval's HFLM around the in-memory model (no reload, no copy; its dtype and device are kept), with a
+    progress bar per batch (`_BatchProgress`)."""
     from lm_eval.models.huggingface import HFLM
+
+    class BatchProgressHFLM(_BatchProgress, HFLM):
+        pass
 
     # Generation pads on the left (HFLM.tok_batch_encode sets padding_side="left" per batch and restores it);
     # log-likelihood batches are right-padded by HFLM itself. BOS follows the tokenizer's default, as in
     # xtf.data.prompt_ids; a chat-rendered prompt that starts with BOS gets no second one.
-    return HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+    hf_log, drop = logging.getLogger("lm_eval.models.huggingface"), _DropKnownWarnings()
+    hf_log.addFilter(drop)
+    try:
+        return BatchProgressHFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+    finally:
+        hf_log.removeFilter(drop)
+
+
+class _BatchProgress:
+    """HFLM's own bars count requests but advance only after each batch, all at once: the first ETA is the first
+    batch's time × every remaining request (e.g. "2:46:57" for a GSM8K run of ~10 min at batch 16). This bar
+    advances by a whole batch when the batch is done, so its ETA is batch time × remaining batches."""
+
+    _bar = None
+
+    def _with_bar(self, method, requests, desc: str):
+        from tqdm.auto import tqdm
+
+        with tqdm(total=len(requests), desc=f"lm-eval {desc}", unit="req", smoothing=0.1) as self._bar:
+            out = method(requests, disable_tqdm=True)
+            self._bar.update(self._bar.total - self._bar.n)  # grouped requests: fewer rows than requests
+        self._bar = None
+        return out
+
+    def _advance(self, rows: int) -> None:
+        if self._bar is not None:
+            self._bar.update(min(rows, self._bar.total - self._bar.n))
+
+    def generate_until(self, requests, disable_tqdm: bool = False):
+        return self._with_bar(super().generate_until, requests, "generate")
+
+    def loglikelihood(self, requests, disable_tqdm: bool = False):
+        return self._with_bar(super().loglikelihood, requests, "log-likelihood")
+
+    def _model_generate(self, context, *args, **kwargs):
+        out = super()._model_generate(context, *args, **kwargs)
+        self._advance(context.shape[0])
+        return out
+
+    def _model_call(self, inps, *args, **kwargs):
+        out = super()._model_call(inps, *args, **kwargs)
+        self._advance(inps.shape[0])
+        return out
 
 
 def evaluate_lm_eval(model, tokenizer, task_module, examples: list[dict], eval_cfg, chat_template: bool,

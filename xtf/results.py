@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import platform
+import shutil
 import socket
 import subprocess
 import sys
@@ -167,11 +168,18 @@ def wandb_mirror(cfg: RunConfig, rid: str):
         name=rid, id=f"{rid}-{int(time.time())}", group=cfg.experiment,
         tags=[cfg.model.name, cfg.task.name, cfg.method.name, cfg.train.name, f"experiment:{cfg.experiment}"],
         job_type=cfg.method.name, config=dataclasses.asdict(cfg), reinit="finish_previous",
+        settings=wandb.Settings(silent=True),  # its banner is 7+ lines a run; the one line below says where it is
     )
+    local = Path(run.dir).parent  # <outputs>/wandb/wandb/<offline-run-...>
+    print(f"[xtf] W&B: {run.url}" if cfg.wandb.mode == "online" else f"[xtf] W&B offline run: {local}")
     try:
         yield run
     except BaseException:
         run.finish(exit_code=1)
+        if os.environ.get("XTF_KEEP_FAILED_OUTPUTS", "").lower() in ("", "0", "false"):  # (xtf.quiet)
+            shutil.rmtree(local, ignore_errors=True)  # a failed run's W&B folder is noise; keep it to debug
+            if not any(local.parent.glob("*run-*")):  # W&B's logs and links of that run only: all of it
+                shutil.rmtree(wandb_dir, ignore_errors=True)
         raise
     run.finish()
 
