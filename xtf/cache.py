@@ -41,17 +41,34 @@ def _files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST)
 
 
+def _manifest_problem(manifest) -> str | None:
+    """Why a parsed manifest does not have the shape `cached_dir` writes, or None. It is checked whole before any
+    of it is used, so a valid-JSON but malformed manifest means "rebuild", never a crash."""
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    if not isinstance(files, dict) or not files:
+        return "manifest has no 'files' mapping"
+    for rel, meta in files.items():
+        if not isinstance(rel, str) or not rel or Path(rel).is_absolute() or ".." in Path(rel).parts:
+            return f"manifest names a path outside the artifact: {rel!r}"
+        if not (isinstance(meta, dict) and isinstance(meta.get("size"), int) and not isinstance(meta["size"], bool)
+                and isinstance(meta.get("sha256"), str) and len(meta["sha256"]) == 64):
+            return f"manifest entry for {rel!r} needs an integer 'size' and a sha256 hex 'sha256'"
+    return None
+
+
 def verify(folder: Path) -> str | None:
     """None if `folder` holds a complete artifact matching its manifest, else the reason it does not."""
     manifest_path = folder / MANIFEST
     if not manifest_path.is_file():
         return "no manifest (incomplete build)"
     try:
-        manifest = json.loads(manifest_path.read_text())
-        files = manifest["files"]
-    except (json.JSONDecodeError, KeyError, TypeError):
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return "manifest is unreadable"
-    for rel, meta in files.items():
+    problem = _manifest_problem(manifest)
+    if problem:
+        return problem
+    for rel, meta in manifest["files"].items():
         p = folder / rel
         if not p.is_file():
             return f"{rel} is missing"
@@ -62,12 +79,26 @@ def verify(folder: Path) -> str | None:
     return None
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def default_mode(folder: bool = False) -> int:
+    """The mode `open()` / `mkdir()` would give a new file / folder (0644 / 0755 under the usual umask 022).
+    mkstemp and mkdtemp create 0600 / 0700, which hid finished runs from the other users of a shared folder."""
+    return (0o777 if folder else 0o666) & ~_umask()
+
+
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temp file in the same folder + rename: readers see the old file or the new one, never half."""
+    """Write via a temp file in the same folder + rename: readers see the old file or the new one, never half.
+    The file gets the ordinary mode of a new file (`default_mode`), not mkstemp's private 0600."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, default_mode())
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
@@ -95,6 +126,7 @@ def cached_dir(cache_dir: str | Path, kind: str, spec: dict, build: Callable[[Pa
         (tmp / "spec.json").write_text(json.dumps(spec, sort_keys=True, indent=1, default=str))
         files = {str(p.relative_to(tmp)): {"size": p.stat().st_size, "sha256": sha256_file(p)} for p in _files(tmp)}
         (tmp / MANIFEST).write_text(json.dumps({"kind": kind, "files": files}, indent=1))
+        os.chmod(tmp, default_mode(folder=True))  # mkdtemp's 0700 would hide a shared cache from its other users
         try:
             os.replace(tmp, final)
         except OSError:  # another process won the race and its artifact is in place

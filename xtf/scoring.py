@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import json
 import logging
 from pathlib import Path
@@ -299,16 +298,12 @@ def released_tr_scores(model, tokenizer, rows: list[dict], expert_words: tuple[s
 
 
 # -------------------------------------------------------------------------------------------------- cache
-def model_identity(weights: str) -> str:
-    """Identity of the base weights: their config.json and the names + sizes of the weight files (a local
-    folder), or the Hub id."""
-    p = Path(weights)
-    if not p.is_dir():
-        return weights
-    h = hashlib.sha256((p / "config.json").read_bytes() if (p / "config.json").is_file() else b"")
-    for f in sorted(p.glob("*.safetensors")) + sorted(p.glob("*.bin")):
-        h.update(f"{f.name}:{f.stat().st_size}".encode())
-    return h.hexdigest()[:16]
+def model_identity(weights: str, cache_dir: str | None = None) -> str:
+    """Identity of the base weights by content (xtf.identity.weights_identity: sha256 of the weight, config and
+    tokenizer files of a local folder, remembered by path + mtime + size), or the Hub id."""
+    from xtf.identity import weights_identity
+
+    return weights_identity(weights, cache_dir) if Path(weights).is_dir() else weights
 
 
 def cached_scores(cache_dir: str, spec: dict, compute) -> tuple[dict, bool]:
