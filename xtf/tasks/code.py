@@ -16,7 +16,6 @@ completions are scored by running `test`), extras `task_id`, `test`, `entry_poin
 from __future__ import annotations
 
 import ast
-import gzip
 import json
 import keyword
 from collections.abc import Callable
@@ -122,7 +121,7 @@ def _load_train(source: str, paths: PathsConfig, checker: RowChecker, checksums:
         if folder is not None and (folder / "mbpp.jsonl").is_file():
             path, label = folder / "mbpp.jsonl", f"local:{folder}"
             checksums["mbpp/mbpp.jsonl"] = sha256_file(path)
-            rows = read_jsonl(path)
+            rows = read_jsonl(path, checker)
         else:
             hub_rows, label = load_hub_split(*MBPP_HUB, "train", paths.hub_mirror)
             checksums[f"{MBPP_HUB[0]}/train"] = sha256_examples(hub_rows)
@@ -176,19 +175,11 @@ def _load_humaneval(paths: PathsConfig, checker: RowChecker, checksums: dict) ->
     checksums["humaneval/HumanEval.jsonl.gz"] = sha256_file(path)
     fields = {"task_id": str, "prompt": str, "canonical_solution": str, "test": str, "entry_point": str}
     examples = []
-    with gzip.open(path, "rt", encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{where}: invalid JSON ({e.msg})") from None
-            if checker.ok(row, fields, where):
-                examples.append({"id": row["task_id"], "prompt": row["prompt"], "response": row["canonical_solution"],
-                                 "answer": "", "task_id": row["task_id"], "test": row["test"],
-                                 "entry_point": row["entry_point"]})
+    for where, row in read_jsonl(path, checker):
+        if checker.ok(row, fields, where):
+            examples.append({"id": row["task_id"], "prompt": row["prompt"], "response": row["canonical_solution"],
+                             "answer": "", "task_id": row["task_id"], "test": row["test"],
+                             "entry_point": row["entry_point"]})
     return examples, label
 
 
@@ -204,4 +195,4 @@ def load(opts: Options, data: DataConfig, paths: PathsConfig) -> TaskData:
     train, train_label = _load_train(source, paths, checker, checksums, notes)
     test, test_label = _load_humaneval(paths, checker, checksums)
     return TaskData(splits={"train": train, "test": test}, source=f"{train_label} + {test_label}",
-                    checksums=checksums, skipped_rows=checker.skipped, notes=notes)
+                    checksums=checksums, skipped_rows=checker.skipped, skipped=checker.where_skipped, notes=notes)

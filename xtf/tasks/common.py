@@ -10,6 +10,7 @@ Example schema (a plain dict; tasks may add extra keys such as `test` or `option
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import os
@@ -31,19 +32,30 @@ class TaskData:
     source: str                                         # "local:<dir>", "hub:<id>", "mirror:<dir>", "generated"
     checksums: dict[str, str] = field(default_factory=dict)  # file or split name → sha256 (provenance)
     skipped_rows: int = 0                               # malformed rows skipped under data.on_bad_row=skip
+    skipped: list[str] = field(default_factory=list)    # "file:line: problem" of each skipped row (the first 100)
     notes: list[str] = field(default_factory=list)      # e.g. "smoke split carved from the test file"
 
 
+# Stands for a line that is not a row at all (invalid JSON or not UTF-8) and was already counted as skipped.
+# `read_jsonl` yields it in the line's place, so that ids which count source rows do not shift.
+BAD_LINE = object()
+MAX_LISTED = 100  # skipped rows named one by one in TaskData.skipped (all are counted)
+
+
 class RowChecker:
-    """Validates rows; raises DataError naming `where` (file:line) or, under policy "skip", counts the row."""
+    """Validates rows; raises DataError naming `where` (file:line) or, under policy "skip", counts the row and
+    remembers where it was and why (`where_skipped`)."""
 
     def __init__(self, policy: str):
         assert policy in ("error", "skip"), policy
         self.policy = policy
         self.skipped = 0
+        self.where_skipped: list[str] = []
 
     def ok(self, row: Any, fields: dict[str, type], where: str) -> bool:
         """True if `row` is a dict whose `fields` have the right types and non-empty strings."""
+        if row is BAD_LINE:
+            return False  # counted when the line was read
         problem = None
         if not isinstance(row, dict):
             problem = f"expected a JSON object, got {type(row).__name__}"
@@ -57,40 +69,51 @@ class RowChecker:
                     problem = f"field '{name}' is empty"
                 if problem:
                     break
-        if problem is None:
-            return True
-        if self.policy == "error":
-            raise DataError(f"{where}: {problem} (set data.on_bad_row=skip to skip and count such rows)")
-        self.skipped += 1
-        return False
+        return True if problem is None else self.fail(where, problem)
 
     def fail(self, where: str, problem: str) -> bool:
         """Report a row-level problem found by task-specific parsing (same policy as `ok`)."""
         if self.policy == "error":
             raise DataError(f"{where}: {problem} (set data.on_bad_row=skip to skip and count such rows)")
         self.skipped += 1
+        if len(self.where_skipped) < MAX_LISTED:
+            self.where_skipped.append(f"{where}: {problem}")
         return False
 
 
-def read_jsonl(path: Path) -> Iterator[tuple[str, Any]]:
-    """Yield (where, row) for each non-blank line; `where` is "file:line". Bad JSON raises DataError."""
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
+def read_jsonl(path: Path, checker: Optional[RowChecker] = None) -> Iterator[tuple[str, Any]]:
+    """Yield (where, row) for each non-blank line of a .jsonl (or .jsonl.gz) file; `where` is "file:line".
+    A line that is not UTF-8 or not JSON raises DataError naming file:line, or, when `checker` skips bad rows,
+    is counted there and yielded as BAD_LINE (which `RowChecker.ok` rejects without counting it twice)."""
+    checker = checker or RowChecker("error")
+    opener = gzip.open if str(path).endswith(".gz") else open
+    with opener(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            if not raw.strip():
                 continue
             where = f"{path}:{lineno}"
             try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                checker.fail(where, f"not UTF-8 text (byte {raw[e.start]:#04x} at column {e.start + 1})")
+                yield where, BAD_LINE
+                continue
+            try:
                 yield where, json.loads(line)
             except json.JSONDecodeError as e:
-                raise DataError(f"{where}: invalid JSON ({e.msg})") from None
+                checker.fail(where, f"invalid JSON ({e.msg})")
+                yield where, BAD_LINE
 
 
 def read_json(path: Path) -> Any:
+    """One JSON document; invalid JSON or bytes that are not UTF-8 raise DataError naming the file."""
     try:
         with open(path, encoding="utf-8") as f:
             return json.load(f)
     except json.JSONDecodeError as e:
         raise DataError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text (byte offset {e.start}); the file must be UTF-8 JSON") from None
 
 
 def sha256_examples(examples: list[dict]) -> str:
@@ -99,9 +122,13 @@ def sha256_examples(examples: list[dict]) -> str:
 
 
 def local_dir(data_dir: Optional[str], sub: str) -> Optional[Path]:
-    """`<data_dir>/<sub>` if data_dir is set and that folder exists, else None (→ use the Hub)."""
+    """`<data_dir>/<sub>` if data_dir is set and that folder exists, else None (→ use the Hub). A data_dir that
+    does not exist is an error, never a silent fall-back to the Hub."""
     if not data_dir:
         return None
+    if not Path(data_dir).is_dir():
+        raise DataError(f"paths.data_dir={data_dir} does not exist (or is not a folder); point it (XTF_DATA_DIR) at "
+                        f"the local benchmark files, or set it to null to use the Hugging Face Hub")
     d = Path(data_dir) / sub
     return d if d.is_dir() else None
 
@@ -130,5 +157,14 @@ def load_hub_split(hub_id: str, config: Optional[str], split: str, hub_mirror: O
                 f"(XTF_DATA_DIR) at the local benchmark files, or paths.hub_mirror at a local Hub mirror."
             ) from e
     else:
+        from xtf.models import _hub_reachable
+
+        # datasets would retry for minutes and then print a long trace: check the Hub within seconds first.
+        if not _hub_reachable():
+            endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+            raise DataError(
+                f"dataset '{hub_id}' is not local and the Hugging Face Hub ({endpoint}) is unreachable. Point "
+                f"paths.data_dir (XTF_DATA_DIR) at the local benchmark files, paths.hub_mirror at a local Hub "
+                f"mirror, or set HF_DATASETS_OFFLINE=1 to use the datasets cache.")
         ds = datasets.load_dataset(hub_id, config, split=split)
     return [dict(r) for r in ds], f"hub:{hub_id}"

@@ -174,7 +174,7 @@ def load(opts: Options, data: DataConfig, paths: PathsConfig) -> TaskData:
                 raise DataError(f"{path} is missing (the local GSM8K folder needs train.jsonl and test.jsonl)")
             checksums[f"gsm8k/{path.name}"] = sha256_file(path)
             source = f"local:{folder}"
-            rows = read_jsonl(path)
+            rows = read_jsonl(path, checker)
         else:
             hub_rows, source = load_hub_split(HUB_ID, HUB_CONFIG, split, paths.hub_mirror)
             checksums[f"{HUB_ID}/{split}"] = sha256_examples(hub_rows)
@@ -185,4 +185,5 @@ def load(opts: Options, data: DataConfig, paths: PathsConfig) -> TaskData:
             if ex is not None:
                 examples.append(ex)
         splits[split] = examples
-    return TaskData(splits=splits, source=source, checksums=checksums, skipped_rows=checker.skipped)
+    return TaskData(splits=splits, source=source, checksums=checksums, skipped_rows=checker.skipped,
+                    skipped=checker.where_skipped)

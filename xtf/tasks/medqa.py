@@ -126,7 +126,7 @@ def load(opts: Options, data: DataConfig, paths: PathsConfig) -> TaskData:
         if not path.is_file():
             raise DataError(f"{path} is missing (the local MedQA folder needs {LOCAL_FILE})")
         examples = []
-        for idx, (where, row) in enumerate(read_jsonl(path)):
+        for idx, (where, row) in enumerate(read_jsonl(path, checker)):
             ex = convert(row, f"medqa-test-{idx}", where, checker)
             if ex is not None:
                 examples.append(ex)
@@ -135,7 +135,7 @@ def load(opts: Options, data: DataConfig, paths: PathsConfig) -> TaskData:
             splits={"train": train, "test": test},
             source=f"local:{folder}",
             checksums={f"medqa/{LOCAL_FILE}": sha256_file(path)},
-            skipped_rows=checker.skipped,
+            skipped_rows=checker.skipped, skipped=checker.where_skipped,
             notes=[SMOKE_NOTE],
         )
 
@@ -147,4 +147,5 @@ def load(opts: Options, data: DataConfig, paths: PathsConfig) -> TaskData:
         checksums[f"{HUB_ID}/{split}"] = sha256_examples(rows)
         examples = [convert(r, f"medqa-{split}-{i}", f"{HUB_ID}[{split}] row {i}", checker) for i, r in enumerate(rows)]
         splits[split] = [ex for ex in examples if ex is not None]
-    return TaskData(splits=splits, source=source, checksums=checksums, skipped_rows=checker.skipped)
+    return TaskData(splits=splits, source=source, checksums=checksums, skipped_rows=checker.skipped,
+                    skipped=checker.where_skipped)

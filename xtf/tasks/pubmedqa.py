@@ -156,4 +156,5 @@ def load(opts: Options, data: DataConfig, paths: PathsConfig) -> TaskData:
         "train": [e for e in examples if e["id"] not in test_ids],
         "test": [e for e in examples if e["id"] in test_ids],
     }
-    return TaskData(splits=splits, source=source, checksums=checksums, skipped_rows=checker.skipped, notes=notes)
+    return TaskData(splits=splits, source=source, checksums=checksums, skipped_rows=checker.skipped,
+                    skipped=checker.where_skipped, notes=notes)
