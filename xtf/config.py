@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
+import math
 import os
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -213,7 +216,16 @@ class RunConfig:
     device: str = "auto"               # auto | cpu | cuda
 
 
-# Range checks: key → (predicate, human description). Types and Literal choices are checked generically.
+# HF schedulers that need no extra arguments (cosine_with_min_lr, warmup_stable_decay, ... need
+# lr_scheduler_kwargs, reduce_lr_on_plateau an evaluation metric during training; xtf passes neither).
+LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+                 "inverse_sqrt")
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")      # a folder name: no "/", no "..", not hidden
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+_NON_EMPTY = (lambda v: v.strip() != "", "a non-empty path")
+
+# Range checks: key → (predicate, human description). Types and Literal choices are checked generically; every
+# float must be finite (no inf / nan), which `_check_type` enforces for all keys.
 _RANGES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "data.limit": (lambda v: v is None or v > 0, "a positive integer or null"),
     "data.eval_limit": (lambda v: v is None or v > 0, "a positive integer or null"),
@@ -242,6 +254,12 @@ _RANGES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "train.lora_r": (lambda v: v >= 1, ">= 1"),
     "train.lora_dropout": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "train.save_steps": (lambda v: v >= 1, ">= 1"),
+    "train.save_total_limit": (lambda v: v >= 1, ">= 1 (resuming needs a checkpoint)"),
+    "train.logging_steps": (lambda v: v >= 1, ">= 1"),
+    "train.lora_alpha": (lambda v: v > 0, "> 0"),
+    "train.weight_decay": (lambda v: v >= 0, ">= 0"),
+    "train.max_grad_norm": (lambda v: v >= 0, ">= 0 (0 turns clipping off)"),
+    "train.lr_scheduler": (lambda v: v in LR_SCHEDULERS, f"one of {list(LR_SCHEDULERS)}"),
     "eval.batch_size": (lambda v: v >= 1, ">= 1"),
     "eval.max_new_tokens": (lambda v: v >= 1, ">= 1"),
     "eval.n_samples": (lambda v: v >= 1, ">= 1"),
@@ -255,7 +273,19 @@ _RANGES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "eval.sandbox.max_output_kb": (lambda v: v >= 1, ">= 1"),
     "eval.sandbox.parallel": (lambda v: v >= 0, ">= 0"),
     "model.pretrain_steps": (lambda v: v >= 0, ">= 0"),
-    "seed": (lambda v: v >= 0, ">= 0"),
+    "model.hidden_size": (lambda v: v >= 1, ">= 1"),
+    "model.num_layers": (lambda v: v >= 1, ">= 1"),
+    "model.num_heads": (lambda v: v >= 1, ">= 1"),
+    "model.intermediate_size": (lambda v: v >= 1, ">= 1"),
+    "model.vocab_size": (lambda v: v >= 300, ">= 300 (the byte alphabet and the special tokens)"),
+    "paths.results_dir": _NON_EMPTY,
+    "paths.outputs_dir": _NON_EMPTY,
+    "paths.cache_dir": _NON_EMPTY,
+    "seed": (lambda v: 0 <= v < 2**32, "in [0, 2**32) (numpy and CUDA seeds are 32-bit)"),
+    "device": (lambda v: _DEVICE.fullmatch(v) is not None, "auto, cpu, mps, cuda or cuda:<index>"),
+    "experiment": (lambda v: _SAFE_NAME.fullmatch(v) is not None,
+                   "a folder name under paths.results_dir: letters, digits, '_', '.', '-', not starting with '.' "
+                   "(no '/', no '..', not absolute)"),
 }
 _TINY_MODES = (None, "pretrained", "random")
 XTF_ATTRIBUTES = ("ri", "kn", "tr")
@@ -286,7 +316,9 @@ def _check_type(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"{key} must be a mapping, got {value!r}")
         return dict(value)
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+        value = float(value)
+    if tp is float and isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{key}={value!r} must be a finite number")
     if tp in (int, float, str, bool):
         if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
             raise ConfigError(f"{key}={value!r} must be of type {tp.__name__}")
@@ -347,6 +379,12 @@ def validate(cfg: Any) -> RunConfig:
         raise ConfigError(f"model.package={run.model.package!r} needs model.gguf_file: the .gguf file it ships")
     if run.model.hidden_size % run.model.num_heads:
         raise ConfigError("model.hidden_size must be divisible by model.num_heads")
+    if run.model.tiny:  # the layer count is known now; for real weights see check_model_fit (before scoring)
+        check_ri_layers(run.method.ri.layers, run.model.num_layers, "model.num_layers")
+    if run.paths.data_dir not in (None, "") and not Path(os.path.expanduser(run.paths.data_dir)).is_dir():
+        raise ConfigError(f"paths.data_dir={run.paths.data_dir} does not exist (or is not a folder); point it "
+                          f"(XTF_DATA_DIR) at the local benchmark files, or set it to null to use the Hugging Face "
+                          f"Hub")
 
     from xtf import masking, tasks
 
@@ -372,6 +410,11 @@ def validate(cfg: Any) -> RunConfig:
                               "temperature > 0 (default 0.8); the greedy pass@1 is reported anyway")
     if run.method.name not in masking.METHODS:
         raise ConfigError(f"method.name={run.method.name!r} is unknown; choose one of {sorted(masking.METHODS)}")
+    if run.method.finetune != (run.method.name != "none"):
+        # A record says which method made it: method=xtf without fine-tuning would be the base model filed as xtf.
+        raise ConfigError(f"method.finetune={str(run.method.finetune).lower()} is not allowed with "
+                          f"method={run.method.name}: only method=none evaluates the base model without "
+                          f"fine-tuning (use method=none), and every other method fine-tunes")
     bad = [a for a in run.method.attributes if a not in XTF_ATTRIBUTES]
     if bad or not run.method.attributes or len(set(run.method.attributes)) != len(run.method.attributes):
         raise ConfigError(f"method.attributes={list(run.method.attributes)} must be a non-empty subset of "
@@ -388,6 +431,28 @@ def validate(cfg: Any) -> RunConfig:
         task=dataclasses.replace(run.task, options=dataclasses.asdict(task_options)),
         paths=paths,
     )
+
+
+def check_ri_layers(layers: tuple[int, ...], n_layers: int, source: str) -> None:
+    """method.ri.layers must index existing layers (negative counts from the end): [100] on a 4-layer model was
+    silently taken modulo 4."""
+    bad = [i for i in layers if not -n_layers <= i < n_layers]
+    if bad:
+        raise ConfigError(f"method.ri.layers={list(layers)} has {bad}, outside the model's {n_layers} layers "
+                          f"({source}); allowed: {-n_layers} .. {n_layers - 1}")
+
+
+def check_model_fit(run: RunConfig, weights: str) -> None:
+    """Checks that need the model's own config (real weights: config.json of the resolved folder); run before
+    the model is loaded or anything is scored."""
+    config_file = Path(weights) / "config.json"
+    if run.model.tiny or not run.method.ri.layers or not config_file.is_file():
+        return  # tiny models were checked in validate; a Hub id is checked by the model load itself
+    model_config = json.loads(config_file.read_text())
+    text = model_config.get("text_config") or model_config  # multimodal configs nest the language model's
+    n_layers = text.get("num_hidden_layers") or model_config.get("num_hidden_layers")
+    if isinstance(n_layers, int):
+        check_ri_layers(run.method.ri.layers, n_layers, f"num_hidden_layers in {config_file}")
 
 
 def task_options(run: RunConfig) -> Any:
