@@ -28,7 +28,7 @@ Spec format (see experiments/*.yaml for real ones):
       columns: [model]           # coordinates across the top
       split: []                  # coordinates that make separate sub-tables
       values: {accuracy: metrics.accuracy}   # record fields (dotted paths); or {name: {path, best, ...}}
-    plot: {kind: bar, value: accuracy}       # optional, see xtf.tables
+    plot: {kind: bar, value: accuracy}       # optional, see xtf.plots
 """
 
 from __future__ import annotations
