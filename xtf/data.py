@@ -20,15 +20,20 @@ the tokenisation statistics recorded with every result.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 import random
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from xtf import cache
-from xtf.tasks.common import sha256_examples
+from xtf.tasks.common import DataError, TaskData, sha256_examples
+
+log = logging.getLogger(__name__)
 
 TOKENIZE_VERSION = 2  # bump when tokenize() changes its output for the same inputs
 
@@ -44,6 +49,95 @@ def carve_dev(train: list[dict], dev_size: int, split_seed: int = 0) -> tuple[li
     random.Random(split_seed).shuffle(order)
     dev_idx = set(order[:dev_size])
     return [e for i, e in enumerate(train) if i not in dev_idx], [train[i] for i in sorted(dev_idx)]
+
+
+@dataclasses.dataclass(frozen=True)
+class Selection:
+    """The examples one run uses, and where they came from."""
+    task_data: TaskData
+    train: list[dict]       # after carving dev and data.limit: what is tokenised, scored and trained on
+    dev: list[dict]         # carved from the training data (data.dev_size)
+    test: list[dict]        # the test split after data.eval_limit
+    eval: list[dict]        # what is evaluated: test, or dev under eval.split=dev (after data.eval_limit)
+
+    def checksum(self) -> str:
+        """sha256 of the rows actually used (training rows and evaluation rows): the data's part of a run id."""
+        return cache.key_of({"train": sha256_examples(self.train), "eval": sha256_examples(self.eval)})
+
+
+_selections: OrderedDict = OrderedDict()  # a few Selections per process: run_id and the pipeline share one load
+
+
+def _files_stamp(folder) -> list:
+    """(path, size, mtime) of every file below `folder`: part of the memo key, so a file changed in place is
+    read again."""
+    if not folder or not Path(folder).is_dir():
+        return []
+    return sorted((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in Path(folder).rglob("*") if p.is_file())
+
+
+def select(cfg) -> Selection:
+    """Load the task's data and pick the rows the run uses (load → carve dev → data.limit / data.eval_limit).
+    Remembered per process by the config keys that decide it, so asking again (run ids) costs nothing.
+    Raises DataError for an empty training set or an empty evaluation set."""
+    from xtf import tasks
+    from xtf.config import task_options
+
+    key = cache.key_of({"task": dataclasses.asdict(cfg.task), "data": dataclasses.asdict(cfg.data),
+                        "data_dir": cfg.paths.data_dir, "hub_mirror": cfg.paths.hub_mirror,
+                        "split": cfg.eval.split, "eval": cfg.eval.enabled,
+                        "files": [_files_stamp(cfg.paths.data_dir), _files_stamp(cfg.paths.hub_mirror)]})
+    if key in _selections:
+        _selections.move_to_end(key)
+        return _selections[key]
+    task_data = tasks.TASKS[cfg.task.name].load(task_options(cfg), cfg.data, cfg.paths)
+    skipped = f" ({task_data.skipped_rows} malformed rows skipped)" if task_data.skipped_rows else ""
+    if not task_data.splits["train"]:
+        raise DataError(f"the training split of task={cfg.task.name} is empty: {task_data.source} has no training "
+                        f"example{skipped}")
+    train, dev = carve_dev(task_data.splits["train"], cfg.data.dev_size)
+    train = train[: cfg.data.limit]
+    test = task_data.splits["test"][: cfg.data.eval_limit]
+    # Thresholds are chosen on dev (carved from training data); test is reported once, with the chosen values.
+    evaluated = dev[: cfg.data.eval_limit] if cfg.eval.split == "dev" else test
+    if cfg.eval.enabled and not evaluated:
+        raise DataError(f"the {cfg.eval.split} split of task={cfg.task.name} is empty ({task_data.source}"
+                        f"{skipped}); nothing to evaluate (eval.enabled=false skips evaluation)")
+    found = Selection(task_data, train, dev, test, evaluated)
+    _selections[key] = found
+    while len(_selections) > 4:
+        _selections.popitem(last=False)
+    return found
+
+
+def duplicates(examples: list[dict]) -> list[str]:
+    """"<id> repeats <first id>" for each example whose prompt and response both equal an earlier one's."""
+    first: dict[tuple, str] = {}
+    out = []
+    for ex in examples:
+        key = (ex["prompt"], ex["response"])
+        if key in first:
+            out.append(f"{ex['id']} repeats {first[key]}")
+        else:
+            first[key] = ex["id"]
+    return out
+
+
+def record_section(sel: Selection, eval_split: str) -> dict:
+    """The record's "data" entry: source, file checksums, the checksum of the rows used, skipped malformed rows
+    (file:line and why) and duplicated training rows (counted and named, not removed: removing them would change
+    what the run trains on)."""
+    td = sel.task_data
+    repeated = duplicates(sel.train)
+    if repeated:
+        log.warning("%d duplicated training rows (same prompt and response), e.g. %s", len(repeated), repeated[:3])
+    return {
+        "source": td.source, "checksums": td.checksums, "rows_checksum": sel.checksum(),
+        "skipped_rows": td.skipped_rows, "skipped": td.skipped, "notes": td.notes,
+        "duplicate_train_rows": len(repeated), "duplicates": repeated[:100],
+        "n_train": len(sel.train), "n_dev": len(sel.dev), "n_test": len(sel.test),
+        "eval_split": eval_split, "n_eval": len(sel.eval),
+    }
 
 
 def render_prompt(tokenizer, prompt: str, chat_template: bool) -> str:
@@ -159,6 +253,13 @@ def tokenize_cached(tokenizer, examples: list[dict], max_len: int, truncation: s
     folder = cache.cached_dir(cache_dir, "tokenized", spec, build)
     arrays = np.load(folder / "tokens.npz")
     meta = json.loads((folder / "meta.json").read_text())
+    stats = meta["stats"]
+    if examples and not stats["n_rows"]:  # say why, before a model is loaded (not "every sample is fully masked")
+        from xtf.config import ConfigError
+
+        raise ConfigError(f"no {split} example fits in data.max_len={max_len}: all {stats['n_examples']} were dropped "
+                          f"(the prompt alone fills max_len, or data.truncation=drop cut every long example); "
+                          f"raise data.max_len")
     offsets = np.concatenate([[0], np.cumsum(arrays["lengths"])])
     rows = []
     for i, (rid, a, b) in enumerate(zip(meta["ids"], offsets[:-1], offsets[1:])):

@@ -141,13 +141,14 @@ def evaluate(model, tokenizer, task_module, examples: list[dict], cfg, work_dir)
 
 def reuse_spec(model, task_module, examples: list[dict], cfg) -> dict | None:
     """What determines the untrained base model's evaluation, or None when it must be computed (a trained model,
-    a sampled protocol, force=true, or a randomly initialised tiny model, whose weights follow the seed)."""
+    a sampled protocol, force=true). Tiny bases, random ones too, are built with a fixed seed (xtf.tiny): their
+    weights are a function of cfg.model, in the spec."""
     import dataclasses
     import hashlib
     import json
 
     kind = getattr(task_module, "EVALUATION", "exact_match")
-    if cfg.method.finetune or kind == "pass_at_k" or cfg.force or cfg.model.tiny == "random":
+    if cfg.method.finetune or kind == "pass_at_k" or cfg.force:
         return None
     from xtf.results import content_identity
 
@@ -188,5 +189,42 @@ def _evaluate(model, tokenizer, task_module, examples: list[dict], cfg, work_dir
     else:
         metrics, predictions, protocol = evaluate_exact_match(model, tokenizer, task_module, examples, cfg.eval,
                                                               cfg.model.chat_template)
+    if cfg.eval.answer_nll and all(e.get("response") for e in examples):
+        metrics.update(answer_nll(model, tokenizer, examples, cfg.model.chat_template, cfg.data.max_len,
+                                  cfg.eval.batch_size))
+        protocol["answer_nll"] = {"what": "mean NLL (nats per token) of the reference answers, teacher-forced, "
+                                          "every answer token incl. EOS; lower is better",
+                                  "max_len": cfg.data.max_len, "version": ANSWER_NLL_VERSION}
     protocol = {**protocol, "split": cfg.eval.split, "harness_eval_version": EVAL_VERSION}
     return metrics, _with_prompts(examples, predictions), protocol
+
+
+ANSWER_NLL_VERSION = 1
+
+
+def answer_nll(model, tokenizer, examples: list[dict], chat_template: bool, max_len: int,
+               batch_size: int) -> dict:
+    """A continuous quality measure beside accuracy: the model's mean NLL of the *reference* answers of the
+    evaluated examples (teacher-forced, tokenised exactly like training rows; lower is better).
+
+    Accuracy of a small model on GSM8K moves in steps of 1/n and sits near 0, so it cannot separate methods;
+    this moves with every token. Token-weighted mean over all answer tokens (EOS included) of all examples;
+    `answer_nll_per_example` is the mean of per-example means (each example weighs the same)."""
+    from xtf.data import tokenize
+    from xtf.scoring import forward_scores
+
+    was_training = model.training
+    model.eval()
+    rows, _ = tokenize(tokenizer, examples, max_len, "right", chat_template)
+    nll = forward_scores(model, rows, tokenizer.pad_token_id, batch_size, None, desc="answer NLL")["nll"]
+    model.train(was_training)
+    per_example, total, count = [], 0.0, 0
+    for row, values in zip(rows, nll):
+        answer = [v for v, m in zip(values.tolist(), row["response_mask"]) if m]
+        if answer:
+            per_example.append(sum(answer) / len(answer))
+            total += sum(answer)
+            count += len(answer)
+    return {"answer_nll": total / max(count, 1),
+            "answer_nll_per_example": sum(per_example) / max(len(per_example), 1),
+            "answer_nll_tokens": count}

@@ -12,7 +12,7 @@ import shutil
 import torch
 
 from xtf import data, explain, masking, models, results, sandbox, scoring, tasks
-from xtf.config import RunConfig, task_options
+from xtf.config import RunConfig, check_model_fit
 from xtf.evaluate import EVAL_VERSION, evaluate
 from xtf.masking import MASK_VERSION
 from xtf.train import TRAIN_VERSION, finetune
@@ -22,28 +22,28 @@ log = logging.getLogger(__name__)
 
 def run(cfg: RunConfig) -> dict:
     """Run one experiment cell and return its record (the content of results.json)."""
+    results.check_writable(cfg)  # first: a read-only results folder fails now, not after training
+    timer = results.Timer()
+    task = tasks.TASKS[cfg.task.name]
+    if cfg.eval.enabled and getattr(task, "EVALUATION", None) == "pass_at_k":
+        # Before hours of training: model-written code runs only in the sandbox (or with the loud opt-in).
+        sandbox.check(cfg.eval.UNSAFE_allow_unsandboxed_code)
+    with timer("load_data"):  # bad rows, an empty split, a missing data folder or an unreachable Hub fail here
+        used = data.select(cfg)
+        train_examples, eval_examples = used.train, used.eval
+    with timer("resolve_model"):  # missing real weights fail here, within seconds
+        weights = models.resolve_weights(cfg.model, cfg.paths.cache_dir)
+    check_model_fit(cfg, weights)  # e.g. method.ri.layers against the model's layer count, before any scoring
+    # The run id holds the weights and the rows used by content (results.content_identity, computed from the two
+    # loads above): other weights or another data folder make another run, never "already complete".
     folder = results.run_dir(cfg)
     existing = results.load_record(folder)
     if existing and not cfg.force:
         print(f"[xtf] already complete, skipping (force=true reruns): {folder}")
         print_summary(existing, folder)
         return existing
-    timer = results.Timer()
     device = models.pick_device(cfg.device)
     with results.wandb_mirror(cfg, folder.name) as wandb_run:
-        with timer("resolve_model"):  # first: missing real weights fail here, within seconds
-            weights = models.resolve_weights(cfg.model, cfg.paths.cache_dir)
-        task = tasks.TASKS[cfg.task.name]
-        if cfg.eval.enabled and getattr(task, "EVALUATION", None) == "pass_at_k":
-            # Before hours of training: model-written code runs only in the sandbox (or with the loud opt-in).
-            sandbox.check(cfg.eval.UNSAFE_allow_unsandboxed_code)
-        with timer("load_data"):
-            task_data = task.load(task_options(cfg), cfg.data, cfg.paths)
-            train_examples, dev_examples = data.carve_dev(task_data.splits["train"], cfg.data.dev_size)
-            train_examples = train_examples[: cfg.data.limit]
-            test_examples = task_data.splits["test"][: cfg.data.eval_limit]
-            # Thresholds are chosen on dev (carved from training data); test is reported once, with the chosen values.
-            eval_examples = dev_examples[: cfg.data.eval_limit] if cfg.eval.split == "dev" else test_examples
         tokenizer = models.load_tokenizer(weights)
         with timer("tokenize"):
             rows, token_stats = data.tokenize_cached(
@@ -97,12 +97,7 @@ def run(cfg: RunConfig) -> dict:
             "tokenization": token_stats,
             "training": train_info,
             "eval_protocol": protocol,
-            "data": {
-                "source": task_data.source, "checksums": task_data.checksums, "skipped_rows": task_data.skipped_rows,
-                "notes": task_data.notes, "n_train": len(train_examples), "n_dev": len(dev_examples),
-                "n_test": len(test_examples),
-                "eval_split": cfg.eval.split, "n_eval": len(eval_examples),
-            },
+            "data": data.record_section(used, cfg.eval.split),
             "versions": {"tokenize": data.TOKENIZE_VERSION, "mask": MASK_VERSION, "train": TRAIN_VERSION,
                          "eval": EVAL_VERSION, "extract": task.EXTRACT_VERSION, "scorers": scoring.SCORER_VERSIONS},
             "weights": weights,

