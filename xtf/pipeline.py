@@ -15,6 +15,7 @@ from xtf import data, explain, masking, models, results, sandbox, scoring, tasks
 from xtf.config import RunConfig, check_model_fit
 from xtf.evaluate import EVAL_VERSION, evaluate
 from xtf.masking import MASK_VERSION
+from xtf.summary import most_masked, print_summary
 from xtf.train import TRAIN_VERSION, finetune
 
 log = logging.getLogger(__name__)
@@ -60,8 +61,15 @@ def run(cfg: RunConfig) -> dict:
             keeps, noisy, mask_stats = masking.mask(rows, scores, cfg.method, cfg.seed,
                                                     masking.structural_ids(tokenizer))
             detection = masking.detection(rows, keeps, noisy, scores)  # synthetic noise only, else None
+            mask_stats["most_masked"] = most_masked(rows, keeps, tokenizer)
         train_info = None
-        if cfg.method.finetune:
+        if cfg.method.finetune and scoring_info.get("trained_model"):
+            # The method's scorer trained the result itself (TC's self-evolving chain, method.evolve=chain): that
+            # model is evaluated; the masks above are the selection each part of the chain was trained on.
+            with timer("load_model"):
+                model = models.load_model(cfg.model, scoring_info["trained_model"], device)
+            train_info = {"trained_by": "method", "model": scoring_info["trained_model"]}
+        elif cfg.method.finetune:
             # Samples with no kept token carry no loss: drop them (and count them) rather than feed empty batches.
             trainable = [i for i, k in enumerate(keeps) if k.any()]
             mask_stats["dropped_empty_samples"] = len(rows) - len(trainable)
@@ -118,15 +126,3 @@ def run(cfg: RunConfig) -> dict:
             shutil.rmtree(results.outputs_dir(cfg) / sub, ignore_errors=True)
     print_summary(record, folder)
     return record
-
-
-def print_summary(record: dict, folder) -> None:
-    m = record.get("metrics", {})
-    acc = m.get("accuracy")
-    acc_text = f"{acc:.3f} ({m.get('n_eval')} test examples)" if acc is not None else "n/a"
-    print(
-        f"[xtf] task={record['task']} model={record['model']} method={record['method']} seed={record['seed']}\n"
-        f"[xtf] kept-token fraction={record['mask']['kept_fraction']:.3f} accuracy={acc_text}\n"
-        f"[xtf] results: {folder}"
-    )
-
