@@ -16,6 +16,7 @@ import json
 import logging
 import math
 import shutil
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -114,6 +115,14 @@ def _loss_recorder(history: list[dict], wandb_run):
     from transformers import TrainerCallback
 
     class LossRecorder(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            # Also log at every checkpoint and at the last step (HF logs only every logging_steps), so that the
+            # loss history a checkpoint keeps covers every step up to it: train_loss is computed from that history
+            # (`train_loss`), identically for a resumed and an uninterrupted run.
+            if control.should_save or state.global_step >= state.max_steps:
+                control.should_log = True
+            return control
+
         def on_log(self, args, state, control, logs=None, **kwargs):
             if logs and "loss" in logs:
                 entry = _loss_entry(state.global_step, logs)
@@ -124,22 +133,61 @@ def _loss_recorder(history: list[dict], wandb_run):
     return LossRecorder()
 
 
+def checkpoint_problem(ckpt: Path) -> str | None:
+    """Why `ckpt` cannot be resumed from, or None. HF Trainer writes trainer_state.json after the weights and the
+    optimizer state, so a checkpoint without it was cut short by a kill. Files can also be truncated afterwards
+    (a full disk, a copy cut short): every safetensors file must open (its header covers the file exactly) and
+    every torch file (optimizer, scheduler, RNG state: zip archives) must have its index, which is written last.
+    Both checks read headers only, not the tensors."""
+    from safetensors import safe_open
+
+    try:
+        json.loads((ckpt / "trainer_state.json").read_text())
+    except (OSError, ValueError):
+        return "no readable trainer_state.json"
+    for f in sorted(ckpt.iterdir()):
+        try:
+            if f.suffix == ".safetensors":
+                with safe_open(str(f), framework="pt"):
+                    pass
+            elif f.suffix in (".pt", ".pth", ".bin"):
+                with zipfile.ZipFile(f):
+                    pass
+            elif f.suffix == ".json":
+                json.loads(f.read_text())
+        except Exception as e:  # noqa: BLE001 - any failure to open means "cannot resume from this"
+            return f"{f.name} does not load ({type(e).__name__}: {str(e)[:120]})"
+    return None
+
+
 def last_checkpoint(ckpt_dir: Path) -> str | None:
-    """The newest *complete* checkpoint in ckpt_dir. HF Trainer writes trainer_state.json after the weights and
-    the optimizer state, so a checkpoint without it was cut short by a kill: it is removed, never resumed."""
+    """The newest checkpoint in ckpt_dir that loads (`checkpoint_problem`). A newer one that does not is removed
+    with a warning, and the previous complete one is used instead: a relaunch never fails on a broken checkpoint."""
     if not ckpt_dir.is_dir():
         return None
     found = sorted((p for p in ckpt_dir.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()),
                    key=lambda p: int(p.name.split("-")[-1]), reverse=True)
     for ckpt in found:
-        try:
-            json.loads((ckpt / "trainer_state.json").read_text())
+        problem = checkpoint_problem(ckpt)
+        if problem is None:
             return str(ckpt)
-        except (OSError, json.JSONDecodeError):
-            pass
-        log.warning("removing incomplete checkpoint %s (no readable trainer_state.json)", ckpt)
+        log.warning("removing checkpoint %s, which cannot be resumed from (%s); falling back to the previous one",
+                    ckpt, problem)
         shutil.rmtree(ckpt, ignore_errors=True)
     return None
+
+
+def train_loss(history: list[dict]) -> float | None:
+    """Mean loss over every optimiser step, from the loss history (each entry: the mean over the steps since the
+    previous entry, so it weighs by that many steps). The history comes from the checkpoints' trainer_state.json
+    plus this process's logs, so a resumed run gets the same value as an uninterrupted one (HF's own
+    `training_loss` covers only the steps of the last process: 0.0 when a run resumes from its final checkpoint)."""
+    total, steps, previous = 0.0, 0, 0
+    for h in history:
+        total += h["loss"] * (h["step"] - previous)
+        steps += h["step"] - previous
+        previous = h["step"]
+    return total / steps if steps and math.isfinite(total) else None
 
 
 def finetune(model, tokenizer, rows: list[dict], keeps: list[np.ndarray], train_cfg: TrainConfig,
@@ -201,14 +249,15 @@ def finetune(model, tokenizer, rows: list[dict], keeps: list[np.ndarray], train_
     if resume:
         log.info("resuming fine-tuning from %s", resume)
         history.extend(_history_from_checkpoint(Path(resume)))
-    result = trainer.train(resume_from_checkpoint=resume)
+    trainer.train(resume_from_checkpoint=resume)
     steps = trainer.state.global_step
+    history = sorted({h["step"]: h for h in history}.values(), key=lambda h: h["step"])
     info = {
         "steps": steps,
         "epochs": train_cfg.epochs * epochs_factor,
         "resumed_from_step": int(Path(resume).name.split("-")[-1]) if resume else 0,
-        "train_loss": float(result.training_loss) if math.isfinite(result.training_loss) else None,
-        "loss_history": sorted({h["step"]: h for h in history}.values(), key=lambda h: h["step"]),
+        "train_loss": train_loss(history),
+        "loss_history": history,
         "rows": len(dataset),
     }
     model = trainer.model
