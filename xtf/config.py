@@ -159,8 +159,8 @@ class SandboxConfig:
     """Limits for each model-written program (HumanEval): run under bubblewrap, never in the harness process."""
     timeout_s: float = 10.0            # wall clock per program (killed after)
     cpu_s: int = 10                    # RLIMIT_CPU, seconds of CPU time
-    memory_mb: int = 1024              # RLIMIT_AS, address space
-    max_processes: int = 32            # RLIMIT_NPROC for the sandbox's unprivileged user (stops fork bombs)
+    memory_mb: int = 1024              # MB, per process (RLIMIT_AS) and for the whole sandbox (xtf.sandbox_limits)
+    max_processes: int = 32            # per sandbox (RLIMIT_NPROC in its user namespace, cgroup/watchdog): fork bombs
     max_output_kb: int = 256           # stdout/stderr kept per program (RLIMIT_FSIZE for scratch files too)
     parallel: int = 0                  # programs run at once; 0 = the number of CPU cores
 
