@@ -268,7 +268,10 @@ def _run_one(program: str, python: str, limits, sandboxed: bool) -> dict:
             limits_json = _limits_json(limits, report_w, sandboxed)
             if sandboxed:
                 # + 2 tasks: bwrap outside the sandbox and its init inside (the cgroup or watchdog sees both).
-                box = sandbox_limits.Box(limits.memory_mb, limits.max_processes + 2)
+                try:
+                    box = sandbox_limits.Box(limits.memory_mb, limits.max_processes + 2)
+                except OSError as e:
+                    raise SandboxError(f"cannot create the sandbox's {sandbox_limits.mechanism()[0]}: {e}") from e
                 argv, cwd, env = box.wrap(_bwrap_argv(python, limits_json)), "/", HOST_ENV
             else:
                 argv = [python, "-I", "-c", BOOTSTRAP, limits_json]
