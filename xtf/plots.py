@@ -102,13 +102,11 @@ def _figure(plt, n: int, ncols: int, width: float, height: float, sharey=True):
 
 
 def _finish(fig, title: str, handles, labels, empty_note: str = "", legend_title: str | None = None) -> None:
-    fig.suptitle(title, fontsize=10)
+    fig.suptitle(title + (f"\n({empty_note})" if empty_note else ""), fontsize=10)  # laid out with the panels
     if handles:
         ncol = len(labels) if len(labels) <= 9 else -(-len(labels) // 2)
         fig.legend(handles, labels, loc="outside lower center", ncol=ncol, fontsize=8, frameon=False,
                    title=legend_title, title_fontsize=8)
-    if empty_note:
-        fig.text(0.01, 0.995, empty_note, fontsize=7, color="grey", va="top", ha="left")
 
 
 def _empty_note(coords, empty) -> str:
