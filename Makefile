@@ -17,10 +17,10 @@ ifneq ($(wildcard ../shared/data),)
 export XTF_DATA_DIR ?= $(abspath ../shared/data)
 endif
 
-.PHONY: install run test test-slow test-gpu lint bench-scoring bench-noise sweep tables clean help
+.PHONY: install run test test-real test-slow test-gpu lint bench-scoring bench-noise sweep tables clean help
 
 help:
-	@echo "make install | run | test | test-slow | test-gpu | lint | bench-scoring | bench-noise | sweep | tables | clean"
+	@echo "make install | run | test | test-real | test-slow | test-gpu | lint | bench-scoring | bench-noise | sweep | tables | clean"
 
 $(STAMP): pyproject.toml constraints.txt requirements-models.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,10 @@ run: install
 
 test: install
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# The packaged real LMs through the real code path (tests marked `real`; minutes). .ci/run runs it after `make test`.
+test-real: install
+	$(PY) -m pytest -q -m real $(PYTEST_ARGS)
 
 test-slow: install
 	$(PY) -m pytest -q -m slow $(PYTEST_ARGS)

@@ -170,6 +170,7 @@ class EvalConfig:
     batch_size: int = 16
     max_new_tokens: int = 64
     enabled: bool = True
+    answer_nll: bool = True            # also report the mean NLL of the reference answers (a continuous measure)
     split: Literal["test", "dev"] = "test"  # dev: the split carved from training data (data.dev_size), for
                                             # choosing thresholds; test is reported once, with the chosen values
     # HumanEval (task=code): n samples per problem for the unbiased pass@k, plus one greedy sample for pass@1.

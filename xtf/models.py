@@ -1,6 +1,6 @@
-"""Model resolution and loading: real weights (a local folder or the Hugging Face Hub) or a tiny model built
-locally (xtf.tiny). `resolve_weights` runs first in a run and fails within seconds — never hangs on the
-network — when real weights are missing, saying how to point `model.path` at local weights.
+"""Model resolution and loading: real weights (a local folder, a GGUF file or a pip package that ships one —
+see xtf.packaged — or the Hugging Face Hub) or a tiny model built locally (xtf.tiny). `resolve_weights` fails
+within seconds — never hangs on the network — when real weights are missing, saying how to get them.
 """
 
 from __future__ import annotations
@@ -35,8 +35,10 @@ def _missing_weights_message(cfg: ModelConfig, why: str) -> str:
     return (
         f"weights for model '{cfg.name}' ({cfg.hub_id}) are not available: {why}.\n"
         f"  Download them where the Hub is reachable, e.g.\n"
-        f"    huggingface-cli download {cfg.hub_id} --local-dir /path/to/{cfg.name}\n"
-        f"  then run with model.path=/path/to/{cfg.name} (or set it once in conf/local/paths.yaml)."
+        f"    hf download {cfg.hub_id} --local-dir /path/to/{cfg.name}\n"
+        f"  then run with model.path=/path/to/{cfg.name} (or set it once in conf/local/default.yaml:\n"
+        f"    model:\n      path: /path/to/{cfg.name}\n"
+        f"  ). Without a GPU or the Hub, model=smollm2_135m and model=gemma3_270m are real LMs that pip ships."
     )
 
 
@@ -47,10 +49,22 @@ def resolve_weights(cfg: ModelConfig, cache_dir: str) -> str:
         from xtf.tiny import build_tiny
 
         return str(build_tiny(cfg, cache_dir))
+    gguf_path = cfg.path and (str(cfg.path).endswith(".gguf") or (cfg.gguf_file and Path(cfg.path).is_dir()
+                                                                   and not (Path(cfg.path) / "config.json").is_file()))
+    if cfg.package or gguf_path:  # a GGUF file: converted once into a Hugging Face folder in the cache
+        from xtf import packaged
+
+        try:
+            return str(packaged.hf_folder(cfg, cache_dir))
+        except (packaged.PackageMissing, FileNotFoundError) as e:
+            raise WeightsNotFound(f"weights for model '{cfg.name}': {e}") from None
     if cfg.path:
         p = Path(cfg.path).expanduser()
+        if not p.exists():
+            raise WeightsNotFound(f"model.path={cfg.path} does not exist")
         if not (p / "config.json").is_file():
-            raise WeightsNotFound(f"model.path={cfg.path} has no config.json; point it at a Hugging Face model folder")
+            raise WeightsNotFound(f"model.path={cfg.path} has no config.json; point it at a Hugging Face model folder "
+                                  f"(or a .gguf file, or a folder holding model.gguf_file)")
         return str(p)
     from huggingface_hub import snapshot_download
 

@@ -1,0 +1,124 @@
+"""What a run tells a researcher, printed at its end (and again when a complete run is skipped), and a
+side-by-side view of the runs of one experiment folder.
+
+    python -m xtf.summary results/quickstart            # every complete run in the folder, one line each
+
+Everything printed comes from the run's record (results.json), so a skipped run prints the same summary.
+Accuracy carries a 95 % Wilson score interval and its n: with a few dozen test examples the interval is wide,
+and saying so is the point.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+TRUNCATION_WARN = 0.02   # warn when truncation cut more than this share of the answer tokens
+
+
+def wilson_interval(successes: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95 % Wilson score interval of a binomial proportion (stays inside [0, 1], sensible at 0 and n)."""
+    if n <= 0:
+        return (float("nan"), float("nan"))
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def most_masked(rows: list[dict], keeps: list[np.ndarray], tokenizer, k: int = 8) -> list[dict]:
+    """The `k` token strings masked most often among answer tokens: [{token, masked, seen}] (counts)."""
+    masked, seen = Counter(), Counter()
+    for row, keep in zip(rows, keeps):
+        answer = np.asarray(row["response_mask"], dtype=bool)
+        ids = np.asarray(row["input_ids"])
+        seen.update(ids[answer].tolist())
+        masked.update(ids[answer & ~np.asarray(keep, dtype=bool)].tolist())
+    return [{"token": tokenizer.decode([t]), "masked": n, "seen": seen[t]} for t, n in masked.most_common(k)]
+
+
+def accuracy_text(metrics: dict) -> str:
+    acc, n = metrics.get("accuracy"), metrics.get("n_eval")
+    if acc is None:
+        return "n/a"
+    if not n:
+        return f"{acc:.3f}"
+    lo, hi = wilson_interval(acc * n, n)
+    return f"{acc:.3f} [95% CI {lo:.3f}–{hi:.3f}] (n={n})"
+
+
+def summary_lines(record: dict, folder) -> list[str]:
+    """The end-of-run summary, as lines (xtf.pipeline prints them)."""
+    m, mask, tok = record.get("metrics", {}), record.get("mask") or {}, record.get("tokenization") or {}
+    split = (record.get("data") or {}).get("eval_split", "test")
+    lines = [f"task={record['task']} model={record['model']} method={record['method']} seed={record['seed']}"]
+    kept = mask.get("kept_fraction")
+    attrs = sorted(k[len("noisy_fraction_"):] for k in mask if k.startswith("noisy_fraction_"))
+    per_attr = ", ".join(f"{a} {mask[f'noisy_fraction_{a}']:.3f}" for a in attrs)
+    if kept is not None:
+        lines.append(f"kept answer tokens: {kept:.3f} of {mask.get('answer_tokens', tok.get('answer_tokens', '?'))}"
+                     + (f"; flagged as noise per attribute: {per_attr}" if per_attr else ""))
+    if mask.get("most_masked"):
+        shown = ", ".join(f"{t['token']!r} {t['masked']}/{t['seen']}" for t in mask["most_masked"])
+        lines.append(f"most-masked tokens (masked/seen): {shown}")
+    lines.append(f"accuracy on {split}: {accuracy_text(m)}")
+    if m.get("answer_nll") is not None:
+        lines.append(f"reference-answer NLL on {split}: {m['answer_nll']:.4f} nats/token "
+                     f"({m.get('answer_nll_tokens')} tokens; lower is better)")
+    answer_tokens, cut = tok.get("answer_tokens") or 0, tok.get("answer_tokens_cut") or 0
+    if answer_tokens and cut / (answer_tokens + cut) > TRUNCATION_WARN:
+        lines.append(f"WARNING: truncation cut {cut} answer tokens ({cut / (answer_tokens + cut):.1%}) in "
+                     f"{tok.get('n_truncated')} of {tok.get('n_examples')} training examples; raise data.max_len")
+    report = Path(folder) / "report.html"
+    if report.is_file():
+        lines.append(f"explanation report: {report}")
+    lines.append(f"results: {folder}")
+    return lines
+
+
+def print_summary(record: dict, folder) -> None:
+    for line in summary_lines(record, folder):
+        print(f"[xtf] {line}")
+
+
+def compare_lines(folder: Path) -> list[str]:
+    """One line per complete run under `folder` (an experiment folder), sorted by method and seed."""
+    records = []
+    for path in sorted(Path(folder).glob("*/results.json")):
+        try:
+            r = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if r.get("status") == "complete":
+            records.append(r)
+    if not records:
+        return [f"no complete runs under {folder}"]
+    records.sort(key=lambda r: (r["model"], r["task"], r["method"], r["seed"]))
+    head = f"{'model':<14} {'task':<9} {'method':<12} {'seed':>4} {'kept':>6} {'accuracy [95% CI] (n)':<36} " \
+           f"{'ref-NLL':>8} {'minutes':>7}"
+    out = [head, "-" * len(head)]
+    for r in records:
+        m = r.get("metrics", {})
+        nll = m.get("answer_nll")
+        minutes = sum((r.get("timings") or {}).values()) / 60
+        out.append(f"{r['model']:<14} {r['task']:<9} {r['method']:<12} {r['seed']:>4} "
+                   f"{(r.get('mask') or {}).get('kept_fraction', float('nan')):>6.3f} {accuracy_text(m):<36} "
+                   f"{(f'{nll:.4f}' if nll is not None else '—'):>8} {minutes:>7.1f}")
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1 or not Path(args[0]).is_dir():
+        print("usage: python -m xtf.summary <experiment folder, e.g. results/quickstart>", file=sys.stderr)
+        raise SystemExit(2)
+    print("\n".join(compare_lines(Path(args[0]))))
+
+
+if __name__ == "__main__":
+    main()
