@@ -11,18 +11,22 @@ tiny tokenizer, max_len 512), measures tokens/s (every token of every row) of
                 --batch-size), `model(input_ids, attention_mask)` with logits, under no_grad;
   (b) xtf       all three attributes: forward_scores(ri_definition="received", every layer) → KN (PCP) and RI,
                 plus tr_scores (one batched pass over the unique token ids) with the GSM8K expert words;
-  (c) official  OUR READING of the released XTF code's loop, on the first --rows-official rows: one example at a
-                time in float32, two forward passes per example: (1) output_attentions=True on a model loaded
-                with attn_implementation="eager", so every layer's full L×L attention is returned, of which RI
-                keeps the first layer's row mean averaged over heads (scoring's "official" RI); (2) a plain
-                forward whose logits go through a float32 softmax over the whole vocabulary, PCP = the gold
-                token's probability. TR runs every token of the example alone ([bos, token], one forward per
-                token, no de-duplication) against the domain vector (the mean state of the expert words, each
-                run alone). Gradients are off here, which can only flatter (c).
+  (c) released  the released XTF code's algorithm (EonHao/XTF XTF_script.py at bd83b19, DatasetEditor), on the
+                first --rows-official rows, one example at a time in float32 on a model loaded with
+                attn_implementation="eager": get_attention_score (output_attentions=True: every layer's L×L
+                attention returned; RI = the first layer's mean over heads, then over keys); get_ppl_score
+                (a forward with output_hidden_states=True, then one float32 softmax over the whole vocabulary
+                PER POSITION in a Python loop, PCP = the gold token's probability); TR as get_score does it:
+                every token of every row decoded alone (skip_special_tokens, stripped) as the key of a cache
+                shared by the whole run — a key already seen costs nothing (its first token's score wins),
+                a new one costs a forward of the token ALONE (no BOS) — against the domain vector (the mean
+                state of the expert words, each run alone without special tokens). Gradients are off, as
+                in the script (torch.no_grad).
 Each variant runs in a fresh subprocess of this script (--variant, internal), so its peak memory is its own:
 ru_maxrss of that child on CPU (setup included, the "setup" column), torch.cuda.max_memory_allocated on CUDA.
-Times are the median of --repeats runs after one warm-up batch. Checks that (b) and (c) agree where they should:
-PCP and TR on the first --check-rows rows, and (c)'s RI against forward_scores(ri_definition="official").
+Times are the median of --repeats runs after one warm-up batch. Checks, on the first --check-rows rows: PCP of
+(b) against (c); and xtf_official's scorers (xtf.scoring.released_forward_scores, released_tr_scores) against (c)
+for RI and TR. (b)'s own RI ("received") and TR ([bos, token]) are different definitions by design.
 """
 
 from __future__ import annotations
@@ -46,7 +50,7 @@ from xtf.config import DataConfig, ModelConfig, PathsConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = ModelConfig(name="tiny", tiny="pretrained", pretrain_steps=300)
-NAMES = {"a": "(a) bare forward", "b": "(b) xtf KN+RI+TR", "c": "(c) released loop"}
+NAMES = {"a": "(a) bare forward", "b": "(b) xtf KN+RI+TR", "c": "(c) released code"}
 
 
 def setup(rows: int):
@@ -100,27 +104,36 @@ def bare_forward(model, rows: list[dict], pad_id: int, batch_size: int) -> None:
 
 @torch.no_grad()
 def released_loop(model, tok, rows: list[dict], expert_words: tuple[str, ...]) -> dict:
-    """Variant (c), one example at a time (see the module docstring); `model` is fp32 with eager attention."""
+    """Variant (c), the released algorithm (module docstring); `model` is fp32 with eager attention."""
     device = next(model.parameters()).device
-    bos = [tok.bos_token_id] if tok.bos_token_id is not None else []
 
-    def alone(seq: list[int]) -> torch.Tensor:  # the sequence run alone: mean last hidden state over non-BOS tokens
-        hidden = model(torch.tensor([seq], device=device), output_hidden_states=True).hidden_states[-1]
-        return hidden[0, len(bos):].float().mean(0)
+    def word_vector(word: str) -> torch.Tensor:                                    # ScoreR.get_word_vector
+        inputs = tok(word, return_tensors="pt", add_special_tokens=False).to(device)
+        return torch.mean(model(**inputs, output_hidden_states=True).hidden_states[-1][0], dim=0)
 
-    words = [bos + tok(w, add_special_tokens=False)["input_ids"] for w in expert_words]
-    domain = torch.stack([alone(w) for w in words if len(w) > len(bos)]).mean(0)
+    domain = torch.mean(torch.stack([word_vector(w) for w in expert_words]), dim=0)
     out = {"kn": [], "ri": [], "tr": []}
+    cache: dict[str, dict] = {}
     for row in rows:
         ids = torch.tensor([row["input_ids"]], device=device)
-        n = ids.shape[1]
-        first = model(ids, output_attentions=True).attentions[0][0].float()       # pass 1: [H, L, L], layer 0
-        out["ri"].append(((first.sum(-1) / n).mean(0)).cpu().numpy())               # row mean, mean over heads
-        probs = torch.softmax(model(ids).logits[0].float(), dim=-1)                # pass 2: [L, V] float32
-        pcp = torch.ones(n, device=device)
-        pcp[1:] = probs[:-1].gather(-1, ids[0, 1:, None])[:, 0]
-        out["kn"].append(pcp.cpu().numpy())
-        out["tr"].append(np.array([F.cosine_similarity(alone(bos + [t]), domain, dim=0).item()
+        attentions = model(input_ids=ids, output_attentions=True).attentions      # every layer [1, H, L, L]
+        ri = torch.mean(torch.mean(attentions[0], dim=1).squeeze(0), dim=1)
+        out["ri"].append(ri.cpu().numpy())
+        logits = model(input_ids=ids, output_hidden_states=True).logits
+        probs = [0.0]
+        for i in range(ids.size(1) - 1):                                           # one softmax per position
+            probs.append(F.softmax(logits[0, i, :], dim=-1)[ids[0, i + 1]].item())
+        out["kn"].append(np.array(probs, dtype=np.float32))
+        for t in row["input_ids"]:                                                 # get_score's TR loop
+            key = tok.decode([t], skip_special_tokens=True).strip()
+            if key in cache:
+                cache[key]["frequency"] += 1
+                continue
+            hidden = model(input_ids=torch.tensor([[t]], device=device), output_hidden_states=True).hidden_states
+            cos = F.cosine_similarity(hidden[-1].squeeze(0).squeeze(0)[None], domain[None], dim=1).item()
+            cache[key] = {"rel_score": cos, "frequency": 1}
+    for row in rows:                                                               # get_rel_score
+        out["tr"].append(np.array([cache[tok.decode([t], skip_special_tokens=True).strip()]["rel_score"]
                                    for t in row["input_ids"]], dtype=np.float32))
     return out
 
@@ -130,7 +143,7 @@ def run_variant(args) -> None:
     import dataclasses
 
     from xtf.models import load_model, pick_device
-    from xtf.scoring import forward_scores, tr_scores
+    from xtf.scoring import forward_scores, released_forward_scores, released_tr_scores, tr_scores
     from xtf.tasks.gsm8k import EXPERT_WORDS
 
     if args.threads:
@@ -173,14 +186,14 @@ def run_variant(args) -> None:
         extra["same_rows_seconds"] = timed(lambda: xtf_all(same), reps, device)[0]
         extra["same_rows_tokens"] = sum(len(r["input_ids"]) for r in same)
         k = args.check_rows
-        official = forward_scores(model, rows[:k], pad, bs, "official")["ri"]
-        check = {"kn": out["kn"][:k], "tr": out["tr"][:k], "ri_official": official}
+        check = {"kn": out["kn"][:k], "ri_official": released_forward_scores(model, rows[:k])["ri"],
+                 "tr_released": released_tr_scores(model, tok, rows[: args.rows_official], EXPERT_WORDS)["tr"][:k]}
     else:
         released_loop(model, tok, rows[:1], EXPERT_WORDS)                             # warm-up example
         seconds, times, out = timed(lambda: released_loop(model, tok, rows, EXPERT_WORDS), args.repeats_official,
                                     device)
         k = args.check_rows
-        check = {"kn": out["kn"][:k], "tr": out["tr"][:k], "ri_official": out["ri"][:k]}
+        check = {"kn": out["kn"][:k], "tr_released": out["tr"][:k], "ri_official": out["ri"][:k]}
     peak = (torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     tokens = sum(len(r["input_ids"]) for r in rows)
@@ -199,7 +212,7 @@ def agreement(out_dir: Path, k: int, fp32: bool) -> list[dict]:
     b, c = np.load(out_dir / "b.npz"), np.load(out_dir / "c.npz")
     tol = 1e-4 if fp32 else 2e-2  # (b) runs in the configured dtype (bfloat16) on CUDA, (c) in float32
     out = []
-    for name in ("kn", "tr", "ri_official"):
+    for name in ("kn", "tr_released", "ri_official"):
         diff = max(float(np.nanmax(np.abs(b[f"{name}_{i}"][1:] - c[f"{name}_{i}"][1:]))) for i in range(k))
         out.append({"score": name, "max_abs_diff": diff, "tol": tol, "ok": diff <= tol})
     return out
@@ -259,7 +272,8 @@ def main() -> None:
     for ch in checks:
         print(f"check (b) vs (c) on {args.check_rows} rows: {ch['score']:<12} max |diff| {ch['max_abs_diff']:.2e} "
               f"(tol {ch['tol']:.0e}): {'ok' if ch['ok'] else 'MISMATCH'}")
-    print("(b)'s RI is the 'received' definition, not (c)'s; ri_official above is forward_scores('official') vs (c)")
+    print("(b)'s RI ('received') and TR ([bos, token]) are not (c)'s definitions; ri_official / tr_released above are "
+          "xtf_official's scorers (released_forward_scores, released_tr_scores) against (c)")
     if args.json:
         figures = {"variants": res, "cost_b_over_a": cost, "cost_goal_met": cost <= 1.5, "speedup_b_over_c": speedup,
                    "speedup_goal_met": speedup >= 10, "speedup_same_rows": same, "checks": checks}

@@ -98,3 +98,23 @@ def test_masks_are_pure_functions_of_scores():
     a, b = mask(rows, scores, method, 0), mask(rows, scores, method, 1)
     assert all((x == y).all() for x, y in zip(a[0], b[0]))
     assert all(not k[:3].any() for k in a[0])                        # prompt tokens never kept
+
+
+def test_tc_self_evolving_chain_ranks_within_each_part():
+    """evolve=chain: each contiguous part is ranked within itself (TC's code); score_only ranks all parts
+    together. Masks only: no model."""
+    import numpy as np
+
+    from xtf import masking
+    from xtf.config import MethodConfig
+
+    rows = [{"id": str(i), "input_ids": [0, 1, 2, 3], "response_mask": [False, True, True, True]} for i in range(4)]
+    # base − reference loss: rows 0-1 (part 1) all high, rows 2-3 (part 2) all low
+    gaps = [np.array([0, 9, 8, 7.0]), np.array([0, 6, 5, 4.0]), np.array([0, 3, 2, 1.0]), np.array([0, 0.5, 0.4, 0.3])]
+    scores = {"nll": gaps, "ref_nll": [np.zeros(4)] * 4}
+    chain = MethodConfig(name="tc", keep_ratio=0.5, rounds=2, evolve="chain")
+    keeps, _, info = masking.mask(rows, scores, chain, 0)
+    assert [int(k.sum()) for k in keeps] == [3, 0, 3, 0] and info["rule"]["evolve"] == "chain"
+    together, _, _ = masking.mask(rows, scores, MethodConfig(name="tc", keep_ratio=0.5, rounds=2,
+                                                             evolve="score_only"), 0)
+    assert [int(k.sum()) for k in together] == [3, 3, 0, 0]

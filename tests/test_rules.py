@@ -119,7 +119,7 @@ def test_otsu_default_bins_same_clusters():  # ~4 s: skimage's search is O(nbins
     assert info["nbins"] == 256 and noisy.tolist() == (clump == 1).tolist()
 
 
-# --- the released code's caps and TR threshold (xtf_official) ----------------------------------------------------------
+# --- the released code's caps and TR threshold (xtf_official) --------------------------------------------------
 
 def test_released_ri_cap_only_when_the_fence_flags_more_than_the_fraction():
     v = np.array([0.3, 0.1, 0.5, 0.1, 0.2, 0.9, 0.8, 0.7, 0.6, 0.4])

@@ -105,11 +105,11 @@ def test_score_cache_computes_once_and_rebuilds_when_corrupted(tmp_path):
         calls.append(1)
         return {"kn": [np.array([0.5, 0.25], np.float32), np.array([1.0], np.float32)]}
 
-    a, fresh_a = cached_scores(str(tmp_path), {"k": 1}, compute)
-    b, fresh_b = cached_scores(str(tmp_path), {"k": 1}, compute)
+    a, fresh_a, _ = cached_scores(str(tmp_path), {"k": 1}, compute)
+    b, fresh_b, _ = cached_scores(str(tmp_path), {"k": 1}, compute)
     assert (fresh_a, fresh_b, len(calls)) == (True, False, 1)
     assert [x.tolist() for x in b["kn"]] == [[0.5, 0.25], [1.0]]
     (npz,) = tmp_path.rglob("scores.npz")
     npz.write_bytes(npz.read_bytes()[:50])                             # truncated by a crash
-    c, fresh_c = cached_scores(str(tmp_path), {"k": 1}, compute)
+    c, fresh_c, _ = cached_scores(str(tmp_path), {"k": 1}, compute)
     assert fresh_c and len(calls) == 2 and [x.tolist() for x in c["kn"]] == [[0.5, 0.25], [1.0]]

@@ -263,6 +263,22 @@ def detection_table(detection: dict) -> dict:
     return table
 
 
+def most_common_tokens(rows: list[dict], flags: list, tokenizer, top: int = 15) -> list[list]:
+    """[[token text (repr, so "\\n" and " " are visible), times flagged, share of that token's answer
+    occurrences flagged], ...] for the `top` most often flagged token ids over all rows: a rule that collapses
+    onto EOS or " =" shows up here at once."""
+    flagged: dict[int, int] = {}
+    seen: dict[int, int] = {}
+    for row, f in zip(rows, flags):
+        ids = np.asarray(row["input_ids"])
+        for t in ids[np.asarray(row["response_mask"], bool)]:
+            seen[int(t)] = seen.get(int(t), 0) + 1
+        for t in ids[np.asarray(f, bool)]:
+            flagged[int(t)] = flagged.get(int(t), 0) + 1
+    order = sorted(flagged, key=lambda t: (-flagged[t], t))[:top]
+    return [[repr(tokenizer.decode([t])), flagged[t], round(flagged[t] / max(seen.get(t, 0), 1), 3)] for t in order]
+
+
 def write_inputs(run_dir: Path, rows: list[dict], tokenizer, keeps: list, noisy: dict, scores: dict, mask_stats: dict,
                  header: dict, detection: dict | None = None, n_samples: int = 30) -> None:
     """The producer side: token_samples.jsonl (the first `n_samples` rows) and score_summary.json (histograms over
@@ -303,12 +319,19 @@ def write_inputs(run_dir: Path, rows: list[dict], tokenizer, keeps: list, noisy:
         elif a == "ri":
             entry["thresholds"] = info.get("fence_quantiles")
             entry["note"] = f"per-sample Tukey fences (k = {info.get('k')}): 10/50/90 % quantiles"
+        elif "threshold" in info:  # the released rule: one cut, below it is noise
+            entry["threshold"] = info.get("threshold")
+            entry["note"] = "the released code's Multi-Otsu class choice (over every token occurrence)"
         else:
             entry["thresholds"] = info.get("cuts")
             entry["interval"] = info.get("interval")
             entry["note"] = "Multi-Otsu cut points; the shaded cluster is noise"
+        entry["flagged"] = mask_stats.get(f"noisy_tokens_{a}")
+        entry["most_flagged"] = most_common_tokens(rows, noisy[a], tokenizer)
         summary_attrs[a] = entry
-    summary = {**header, "kept_fraction": mask_stats["kept_fraction"], "attributes": summary_attrs}
+    masked = [np.asarray(r["response_mask"], bool) & ~np.asarray(k, bool) for r, k in zip(rows, keeps)]
+    summary = {**header, "kept_fraction": mask_stats["kept_fraction"], "attributes": summary_attrs,
+               "most_masked": most_common_tokens(rows, masked, tokenizer)}
     if "overlaps" in mask_stats:
         summary["overlaps"] = mask_stats["overlaps"]
     if detection:
@@ -369,6 +392,15 @@ def write_report(run_dir: Path) -> Path:
     extra = ""
     if figs:
         extra += f'<h2>Score distributions</h2><div class="panel hists">{"".join(figs)}</div>'
+    tops = {"masked (any attribute)": summary.get("most_masked")}
+    tops.update({f"{labels[a]} ({(info.get(a) or {}).get('flagged')} flagged)": (info.get(a) or {}).get("most_flagged")
+                 for a in attrs})
+    rows_html = "".join(f"<tr><th>{escape(k)}</th><td>"
+                        f"{escape(', '.join(f'{t} ×{n} ({share:.0%})' for t, n, share in v))}</td></tr>"
+                        for k, v in tops.items() if v)
+    if rows_html:
+        extra += ('<h2>Most-masked tokens</h2><div class="panel"><p>token ×times flagged (share of its answer '
+                  f'occurrences)</p><table>{rows_html}</table></div>')
     for key, title in (("detection", "Detection of injected noise"), ("overlaps", "Overlaps between attributes")):
         if summary.get(key):
             extra += f'<h2>{title}</h2><div class="panel">{_table(summary[key])}</div>'

@@ -131,8 +131,16 @@ def tc(rows, scores, method, seed, special=frozenset()):
     """Token Cleaning: score = base-model loss − reference-model loss per answer token; keep the top
     `keep_ratio` (globally or per sample). High score = the reference learned it from the data: informative."""
     per_sample = [(nll - ref)[_answer(r)] for r, nll, ref in zip(rows, scores["nll"], scores["ref_nll"])]
-    kept = rules.top_k_keep(per_sample, method.keep_ratio, method.scope)
-    return _scatter(rows, kept), {}, {"keep_ratio": method.keep_ratio, "scope": method.scope}
+    if method.rounds > 1 and method.evolve == "chain":
+        # TC's self-evolving chain: part r is ranked within itself, against the reference of its own round (the
+        # same contiguous parts as xtf.scoring.reference_nll); these are the tokens each part was trained on.
+        kept = []
+        for idx in np.array_split(np.arange(len(rows)), method.rounds):
+            kept += rules.top_k_keep([per_sample[i] for i in idx], method.keep_ratio, method.scope)
+    else:
+        kept = rules.top_k_keep(per_sample, method.keep_ratio, method.scope)
+    return _scatter(rows, kept), {}, {"keep_ratio": method.keep_ratio, "scope": method.scope,
+                                      "rounds": method.rounds, "evolve": method.evolve if method.rounds > 1 else None}
 
 
 def df(rows, scores, method, seed, special=frozenset()):

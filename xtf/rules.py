@@ -207,7 +207,8 @@ def top_k_keep(scores: list[np.ndarray], keep_ratio: float, scope: str) -> list[
 
     scores: one (n_i,) array per sample. scope="global": keep k = round(keep_ratio·Σn_i) (half up) tokens over
     all samples; scope="sample": in each sample keep k_i = int(n_i·keep_ratio) = ⌊n_i·keep_ratio⌋, as Token
-    Cleaning's code does (a sample of 3 tokens at 0.3 keeps none). Order: a stable sort on (-score, sample index, position), so ties go to the earlier
+    Cleaning's code does (a sample of 3 tokens at 0.3 keeps none).
+    Order: a stable sort on (-score, sample index, position), so ties go to the earlier
     sample, then the earlier position. NaN scores are never kept (fewer than k are kept if needed).
     Returns keep masks, one (n_i,) bool array per sample."""
     if scope not in ("global", "sample"):

@@ -306,13 +306,17 @@ def model_identity(weights: str, cache_dir: str | None = None) -> str:
     return weights_identity(weights, cache_dir) if Path(weights).is_dir() else weights
 
 
-def cached_scores(cache_dir: str, spec: dict, compute) -> tuple[dict, bool]:
-    """(scores, computed_now). Scores are {name: [per-row float32 arrays]}, stored flat with row lengths."""
+def cached_scores(cache_dir: str, spec: dict, compute) -> tuple[dict, bool, Path]:
+    """(scores, computed_now, folder). Scores are {name: [per-row float32 arrays]}, stored flat with row
+    lengths; a "_model" entry (a trained model) is saved as folder/model."""
     computed = []
 
     def build(tmp: Path) -> None:
         scores = compute()
         computed.append(True)
+        trained = scores.pop("_model", None)  # a method's own trained model (TC chain): stored with its scores
+        if trained is not None:
+            trained.save_pretrained(tmp / "model")
         arrays = {}
         for name, per_row in scores.items():
             arrays[f"{name}__lengths"] = np.array([len(a) for a in per_row], dtype=np.int64)
@@ -327,29 +331,43 @@ def cached_scores(cache_dir: str, spec: dict, compute) -> tuple[dict, bool]:
         offsets = np.concatenate([[0], np.cumsum(data[f"{name}__lengths"])])
         flat = data[name]
         scores[name] = [flat[a:b] for a, b in zip(offsets[:-1], offsets[1:])]
-    return scores, bool(computed)
+    return scores, bool(computed), folder
 
 
 # ---------------------------------------------------------------------------------------------- orchestration
+def reference_train_config(cfg):
+    """The reference model's training: one epoch of LoRA with TC's settings (method.reference_*: r 64,
+    dropout 0.1, lr 1e-4, 3 % warm-up by default), everything else as the run's train config."""
+    m = cfg.method
+    return dataclasses.replace(cfg.train, epochs=1.0, mode="lora", lora_r=m.reference_lora_r,
+                               lora_alpha=2 * m.reference_lora_r, lora_dropout=m.reference_lora_dropout,
+                               lr=m.reference_lr, warmup_ratio=m.reference_warmup_ratio)
+
+
 def reference_nll(cfg, weights: str, tokenizer, rows: list[dict], out_dir: Path,
                   base_nll: list[np.ndarray] | None = None) -> dict:
-    """{"ref_nll": [...]}: the base fine-tuned for one epoch on the first `method.reference_warmup` rows (all
-    answer tokens, the run's train config and seed), then scored on every row. Used by TC and SLM.
+    """{"ref_nll": [...]}: the base fine-tuned (`reference_train_config`) on the first `method.reference_warmup`
+    rows (all answer tokens, the run's seed), then scored on every row. Used by TC and SLM.
 
     TC's self-evolving variant (`method.rounds` = R > 1, needs `base_nll`): the rows are split into R contiguous
-    parts; part r is scored by the reference of round r, whose top-`keep_ratio` tokens (base − reference loss)
-    then fine-tune that reference for one epoch into the reference of round r + 1."""
+    parts; part r is scored by the reference of round r and its top-`keep_ratio` tokens (base − reference loss,
+    ranked WITHIN the part, `method.scope`) fine-tune that reference (the run's train config) into the next one.
+      evolve=chain (TC's code): every part trains the chain, and the chain's last model IS the result: it is
+              returned as "_model" (cached_scores stores it with the scores; the pipeline evaluates it instead
+              of fine-tuning the base). The masks rank each part within itself (ref_nll of its own round).
+      evolve=score_only (v1 of this harness): the last part does not train; the chain only scores."""
     from xtf import rules
     from xtf.models import load_model, pick_device
     from xtf.train import finetune
 
-    one_epoch = dataclasses.replace(cfg.train, epochs=1.0)
+    ref_train = reference_train_config(cfg)
     warm = rows[: cfg.method.reference_warmup]
     torch.manual_seed(cfg.seed)
     ref = load_model(cfg.model, weights, pick_device(cfg.device))
     ref, _ = finetune(ref, tokenizer, warm, [np.asarray(r["response_mask"], bool) for r in warm],
-                      one_epoch, cfg.model, 1, cfg.seed, out_dir)
+                      ref_train, cfg.model, 1, cfg.seed, out_dir)
     rounds = cfg.method.rounds if base_nll is not None else 1
+    chain = rounds > 1 and cfg.method.evolve == "chain"
     ref_nll: list = [None] * len(rows)
     parts = np.array_split(np.arange(len(rows)), rounds)
     for r, idx in enumerate(parts):
@@ -358,18 +376,21 @@ def reference_nll(cfg, weights: str, tokenizer, rows: list[dict], out_dir: Path,
                              desc=f"reference scoring {r + 1}/{rounds}")["nll"]
         for i, values in zip(idx, nll):
             ref_nll[i] = values
-        if r + 1 < rounds:  # evolve: train the reference on this part's selected tokens
+        if r + 1 < rounds or chain:  # evolve: train the chain on this part's selected tokens
             answers = [np.asarray(row["response_mask"], bool) for row in part]
             selected = rules.top_k_keep([(base_nll[i] - ref_nll[i])[a] for i, a in zip(idx, answers)],
                                         cfg.method.keep_ratio, cfg.method.scope)
             keeps = []
-            for a, s in zip(answers, selected):
+            for a, sel in zip(answers, selected):
                 k = np.zeros_like(a)
-                k[a] = s
+                k[a] = sel
                 keeps.append(k)
             trainable = [j for j, k in enumerate(keeps) if k.any()]
             ref, _ = finetune(ref, tokenizer, [part[j] for j in trainable], [keeps[j] for j in trainable],
-                              one_epoch, cfg.model, 1, cfg.seed, out_dir / f"round{r + 1}")
+                              cfg.train if chain else ref_train, cfg.model,
+                              cfg.method.epochs_factor if chain else 1, cfg.seed, out_dir / f"round{r + 1}")
+    if chain:
+        return {"ref_nll": ref_nll, "_model": ref}
     del ref
     return {"ref_nll": ref_nll}
 
@@ -380,8 +401,10 @@ def compute_scores(needed: tuple[str, ...], cfg, model, tokenizer, rows: list[di
     info["computed"] lists the groups computed in this run (empty when every score came from the cache)."""
     base = {"model": model_identity(weights), "tokens": tokens_key}
     ri = cfg.method.ri
-    evolving = cfg.method.rounds if cfg.method.name == "tc" and cfg.method.rounds > 1 else 0
-    evolve_spec = [evolving, cfg.method.keep_ratio, cfg.method.scope] if evolving else None
+    # The self-evolving chain needs the base losses; SLM's reference never evolves (its rounds stay 1).
+    evolving = cfg.method.rounds if cfg.method.rounds > 1 else 0
+    evolve_spec = [evolving, cfg.method.keep_ratio, cfg.method.scope, cfg.method.evolve,
+                   cfg.method.epochs_factor] if evolving else None
     scores, info = {}, {"computed": [], "cache_keys": {}}
     groups = {
         # One forward pass gives nll, kn (= PCP) and ri.
@@ -398,6 +421,7 @@ def compute_scores(needed: tuple[str, ...], cfg, model, tokenizer, rows: list[di
                else tr_scores(model, tokenizer, rows, expert_words)),
         "reference": ({"ref_nll"}, {**base, "v": SCORER_VERSIONS["reference"], "seed": cfg.seed,
                                     "warmup": cfg.method.reference_warmup, "train": dataclasses.asdict(cfg.train),
+                                    "reference_train": dataclasses.asdict(reference_train_config(cfg)),
                                     "evolve": evolve_spec},
                       lambda: reference_nll(cfg, weights, tokenizer, rows, out_dir / "reference",
                                             scores["nll"] if evolving else None)),
@@ -405,8 +429,10 @@ def compute_scores(needed: tuple[str, ...], cfg, model, tokenizer, rows: list[di
     for group, (names, spec, compute) in groups.items():
         if not names & set(needed):
             continue
-        got, fresh = cached_scores(cfg.paths.cache_dir, {"group": group, **spec}, compute)
+        got, fresh, folder = cached_scores(cfg.paths.cache_dir, {"group": group, **spec}, compute)
         scores.update(got)
+        if (folder / "model").is_dir():  # the method trained its own result (TC's chain): the pipeline uses it
+            info["trained_model"] = str(folder / "model")
         info["cache_keys"][group] = cache.key_of({"group": group, **spec})
         if fresh:
             info["computed"].append(group)

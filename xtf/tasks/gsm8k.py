@@ -1,4 +1,4 @@
-"""GSM8K: grade-school maths word problems (7,473 train / 1,319 test, official splits).
+r"""GSM8K: grade-school maths word problems (7,473 train / 1,319 test, official splits).
 
 Sources: `<data_dir>/gsm8k/{train,test}.jsonl` (the files of openai/grade-school-math), else the Hub dataset
 "openai/gsm8k", config "main". Both have the fields `question` and `answer`; `answer` is a worked rationale with
@@ -94,7 +94,7 @@ def extract_flexible(text: str) -> Optional[str]:
 
 
 def extract_released(text: str) -> Optional[str]:
-    """The released XTF code's rule: the LAST r"\d+(?:\.\d+)?" in the text, compared as a number (float ==
+    r"""The released XTF code's rule: the LAST r"\d+(?:\.\d+)?" in the text, compared as a number (float ==
     float): no minus sign ("-5" → "5"), "1,000" splits ("000" → "0"). The released code searches the decoded
     prompt + output; `released_filter` (eval/xtf_gsm8k.yaml) does the same, this function sees what it is given."""
     found = RELEASED_NUMBER.findall(text)
