@@ -34,6 +34,7 @@ create one (here: cgroup v1, as root), else a host-side watchdog over the sandbo
 docstring states each mechanism and its limits. A wall-clock timeout (timeout_s) SIGKILLs the sandbox's process
 group; bwrap's init then dies and the kernel kills everything left in the pid namespace. RLIMIT_NPROC counts
 per user namespace since Linux 5.14, so parallel sandboxes do not share a budget (tests/test_sandbox.py).
+Every isolation claim here has a probe that fails when that isolation is removed: tests/test_sandbox_trust.py.
 
 Output is bounded without reading it: stdout and stderr go to two host temp files and RLIMIT_FSIZE kills a
 program that writes more than max_output_kb to either (SIGXFSZ -> "failed"); only the last STDERR_TAIL_CHARS of
