@@ -156,8 +156,8 @@ def smollm2_folder(released: dict, tmp_path: Path) -> str:
 
 
 TRICKY = ["#### 72", "####72", "#### $72", "#### 72.00", "#### 72.", "#### -5", "#### 1,000",
-          "The answer\n#### 18 dollars", "#### 3 #### 4", "no answer", "$1,000.", "costs 3.50 each", "-7 degrees", "It is 5. Then 6", "1,000 apples",
-          "#### .5", "x = 12.0"]
+          "The answer\n#### 18 dollars", "#### 3 #### 4", "no answer", "$1,000.", "costs 3.50 each",
+          "-7 degrees", "It is 5. Then 6", "1,000 apples", "#### .5", "x = 12.0"]
 
 
 @pytest.mark.parametrize("text", TRICKY)
