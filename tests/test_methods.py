@@ -118,3 +118,21 @@ def test_tc_self_evolving_chain_ranks_within_each_part():
     together, _, _ = masking.mask(rows, scores, MethodConfig(name="tc", keep_ratio=0.5, rounds=2,
                                                              evolve="score_only"), 0)
     assert [int(k.sum()) for k in together] == [3, 3, 0, 0]
+
+
+def test_structural_tokens_are_exempt_unless_asked():
+    """EOS (a special id) with PCP 0.99 is KN-noisy only under method.exempt_special=false."""
+    import numpy as np
+
+    from xtf import masking
+    from xtf.config import MethodConfig
+
+    rows = [{"id": "0", "input_ids": [5, 6, 7, 2], "response_mask": [False, True, True, True]}]
+    scores = {"kn": [np.array([0.0, 0.5, 0.99, 0.99])]}
+    principled = MethodConfig(name="xtf", attributes=("kn",))
+    keeps, _, stats = masking.mask(rows, scores, principled, 0, frozenset({2}))
+    assert keeps[0].tolist() == [False, True, False, True]
+    assert stats["rule"]["kn"]["exempted_structural"] == 1 and stats["noisy_tokens_kn"] == 1
+    keeps, _, _ = masking.mask(rows, scores, MethodConfig(name="xtf", attributes=("kn",), exempt_special=False), 0,
+                               frozenset({2}))
+    assert keeps[0].tolist() == [False, True, False, False]
