@@ -109,6 +109,11 @@ def _finish(fig, title: str, handles, labels, empty_note: str = "", legend_title
                    title=legend_title, title_fontsize=8)
 
 
+def _over_seeds(spec) -> str:
+    n = len(spec["seeds"])
+    return f"mean ± std over {n} seeds" if n > 1 else "one seed (no error bars)"
+
+
 def _empty_note(coords, empty) -> str:
     if not empty:
         return ""
@@ -188,7 +193,7 @@ def _plot_bar(plt, spec, records, p, vals):
     if missing_seen:
         handles.append(Line2D([], [], ls="none", marker="$—$", color="#9e9e9e", markersize=8))
         labels.append("no complete run")
-    _finish(fig, f"{spec['name']}: {_unit(value)}, mean ± std over seeds", handles, labels,
+    _finish(fig, f"{spec['name']}: {_unit(value)}, {_over_seeds(spec)}", handles, labels,
             _empty_note(pcoords, empty), hue)
     return fig
 
@@ -265,7 +270,7 @@ def _plot_lines(plt, spec, records, p, vals):
         handles.append(Line2D([], [], color="grey", ls="--", marker="*" if p["tradeoff"] else None,
                               markerfacecolor="black", markeredgecolor="black", ms=8))
         labels.append(f"{p['reference']} (reference{', ± std band' if len(spec['seeds']) > 1 else ''})")
-    _finish(fig, f"{spec['name']}: mean ± std over seeds", handles if facet else [], labels,
+    _finish(fig, f"{spec['name']}: {_over_seeds(spec)}", handles if facet else [], labels,
             _empty_note([facet] if facet else [], empty), facet)
     return fig
 
@@ -306,7 +311,7 @@ def _plot_passk(plt, spec, records, p, vals):
     axes[0].set_ylim(-0.04 * (top or 100), (top or 100) * 1.08)
     handles = [Line2D([], [], color=COLOURS[i % len(COLOURS)], marker=MARKERS[i % len(MARKERS)], ms=4)
                for i in range(len(names))]
-    _finish(fig, f"{spec['name']}: pass@k, mean ± std over seeds", handles, list(names), _empty_note(facet, empty),
+    _finish(fig, f"{spec['name']}: pass@k, {_over_seeds(spec)}", handles, list(names), _empty_note(facet, empty),
             series)
     return fig
 
