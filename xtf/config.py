@@ -98,6 +98,39 @@ class TRConfig:
 
 
 @dataclass(frozen=True)
+class SSTokenConfig:
+    """ssToken (xtf/sstoken.py): per sample keep the top ⌈keep_ratio·n⌉ by gamma·minmax(REL) + (1-gamma)·attention."""
+    gamma: float = 0.5                 # weight of the normalised REL (the code's --ratio); 1 - gamma: attention
+    warmup: float = 0.2                # attention alone (gamma = 0) while steps done / total < warmup
+    history: Literal["base", "ema"] = "base"  # REL = NLL_history - NLL_current; base: cached base NLL
+    ema_alpha: float = 0.99            # history=ema: θ_his ← α·θ_his + (1-α)·θ each optimiser step
+    layer: int = -1                    # the layer whose attention to the prompt is the semantic score
+
+
+@dataclass(frozen=True)
+class ProFitConfig:
+    """ProFit (online): p = P(gold token | prefix) under the model being trained."""
+    threshold: float = 0.1
+    direction: Literal["keep_higher", "keep_lower"] = "keep_higher"  # keep_higher: train on p >= threshold
+
+
+@dataclass(frozen=True)
+class STMConfig:
+    """STM (offline): per-token perplexity exp(NLL) under the base model."""
+    threshold: float = 2.5
+    direction: Literal["mask_higher", "mask_lower"] = "mask_higher"  # mask_higher: no loss where exp(nll) > threshold
+
+
+@dataclass(frozen=True)
+class DAConfig:
+    """DA (xtf/augment.py): answer-preserving paraphrases of each training answer, added to the training set."""
+    generator: Optional[str] = None    # a conf/model name; None: the base model itself
+    n: int = 1                         # paraphrases generated per example
+    temperature: float = 0.0           # 0: greedy (then n must be 1)
+    max_new_tokens: int = 256
+
+
+@dataclass(frozen=True)
 class MethodConfig:
     name: str
     finetune: bool = True              # False: evaluate the base model (the paper's "CA")
@@ -130,6 +163,12 @@ class MethodConfig:
     # random: the control that separates denoising from "less data".
     match: Optional[str] = "xtf"       # mask, per sample, as many tokens as this method does; None: use `ratio`
     ratio: float = 0.3                 # fraction of answer tokens masked when match is None
+    # The field's other token-selection methods (xtf/online.py, xtf/sstoken.py, xtf/augment.py); ssToken's ρ is
+    # keep_ratio above. DFT has no knob: each token's loss is weighted by its detached probability.
+    sstoken: SSTokenConfig = SSTokenConfig()
+    profit: ProFitConfig = ProFitConfig()
+    stm: STMConfig = STMConfig()
+    da: DAConfig = DAConfig()
 
 
 @dataclass(frozen=True)
@@ -247,6 +286,14 @@ _RANGES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "method.rounds": (lambda v: v >= 1, ">= 1"),
     "method.drop_ratio": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "method.ratio": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "method.sstoken.gamma": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "method.sstoken.warmup": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "method.sstoken.ema_alpha": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "method.profit.threshold": (lambda v: 0 < v < 1, "in (0, 1)"),
+    "method.stm.threshold": (lambda v: v >= 1, ">= 1 (a perplexity)"),
+    "method.da.n": (lambda v: v >= 1, ">= 1"),
+    "method.da.temperature": (lambda v: v >= 0, ">= 0"),
+    "method.da.max_new_tokens": (lambda v: v >= 1, ">= 1"),
     "train.epochs": (lambda v: v > 0, "> 0"),
     "train.lr": (lambda v: 0 < v < 1, "in (0, 1)"),
     "train.batch_size": (lambda v: v >= 1, ">= 1"),
@@ -424,6 +471,8 @@ def validate(cfg: Any) -> RunConfig:
             v > 0 for k, v in dataclasses.asdict(task_options).items() if k.endswith("_rate")):
         raise ConfigError("method=oracle masks the injected noise, so it needs a task with ground truth: task=synth "
                           "with task.options.filler_rate / distractor_rate / corruption_rate > 0")
+    if run.method.da.n > 1 and run.method.da.temperature == 0:
+        raise ConfigError("method.da.n > 1 needs method.da.temperature > 0: greedy paraphrases would be identical")
     if run.method.match is not None and run.method.match not in masking.METHODS:
         raise ConfigError(f"method.match={run.method.match!r} is unknown; choose one of {sorted(masking.METHODS)}")
     paths = PathsConfig(**{f.name: _absolute(getattr(run.paths, f.name)) for f in dataclasses.fields(PathsConfig)})

@@ -244,8 +244,10 @@ def _legend(a: str, label: str, direction: str, edges: np.ndarray, vals: np.ndar
             f'"{escape(direction)}")</div>')
 
 
-ATTRIBUTE_LABELS = {"ri": "reasoning importance (RI)", "kn": "knowledge novelty (KN, PCP)", "tr": "task relevance (TR)"}
-DIRECTIONS = {"ri": "below", "kn": "above", "tr": "interval"}
+SELECTED = "selected"  # online methods: each token's share of training steps in which it was selected
+ATTRIBUTE_LABELS = {"ri": "reasoning importance (RI)", "kn": "knowledge novelty (KN, PCP)", "tr": "task relevance (TR)",
+                    SELECTED: "selected during training (share of the row's steps)"}
+DIRECTIONS = {"ri": "below", "kn": "above", "tr": "interval", SELECTED: "below"}
 
 
 def detection_table(detection: dict) -> dict:
@@ -280,12 +282,22 @@ def most_common_tokens(rows: list[dict], flags: list, tokenizer, top: int = 15) 
 
 
 def write_inputs(run_dir: Path, rows: list[dict], tokenizer, keeps: list, noisy: dict, scores: dict, mask_stats: dict,
-                 header: dict, detection: dict | None = None, n_samples: int = 30) -> None:
+                 header: dict, detection: dict | None = None, n_samples: int = 30,
+                 selection: dict | None = None) -> None:
     """The producer side: token_samples.jsonl (the first `n_samples` rows) and score_summary.json (histograms over
-    ALL answer tokens, thresholds from the mask rule), in the formats documented at the top of this module."""
+    ALL answer tokens, thresholds from the mask rule), in the formats documented at the top of this module.
+    `selection` (an online method's xtf.online.selection_shares): each token's share of training steps in which
+    it was selected becomes the "selected" score of the page, and selection.npz (share per token, visits per
+    row, flat with row lengths) is saved with the run."""
     from xtf.cache import atomic_write_text
 
     attrs = [a for a in KNOWN_ORDER if a in noisy]
+    if selection is not None:
+        scores = {**scores, SELECTED: selection["share"]}
+        lengths = [len(s) for s in selection["share"]]
+        with open(Path(run_dir) / "selection.npz", "wb") as f:
+            np.savez(f, share=np.concatenate(selection["share"]) if lengths else np.zeros(0), lengths=lengths,
+                     visits=np.asarray(selection["visits"]))
     lines = []
     for i, row in enumerate(rows[:n_samples]):
         answer = np.asarray(row["response_mask"], bool)
@@ -298,7 +310,7 @@ def write_inputs(run_dir: Path, rows: list[dict], tokenizer, keeps: list, noisy:
             "tokens": [tokenizer.decode([t]) for t in row["input_ids"]],
             "response_mask": answer.astype(int).tolist(),
             "keep": np.asarray(keeps[i]).astype(int).tolist(),
-            "scores": {a: per_token(scores[a][i]) for a in attrs},
+            "scores": {a: per_token(scores[a][i]) for a in attrs + ([SELECTED] if selection is not None else [])},
             "noisy": {a: np.asarray(noisy[a][i]).astype(int).tolist() for a in attrs},
             **({"truth": {k: np.asarray(v).astype(int).tolist() for k, v in row["truth"].items()}}
                if "truth" in row else {}),
@@ -329,6 +341,15 @@ def write_inputs(run_dir: Path, rows: list[dict], tokenizer, keeps: list, noisy:
         entry["flagged"] = mask_stats.get(f"noisy_tokens_{a}")
         entry["most_flagged"] = most_common_tokens(rows, noisy[a], tokenizer)
         summary_attrs[a] = entry
+    if selection is not None:
+        vals = np.concatenate([np.asarray(v)[np.asarray(r["response_mask"], bool)]
+                               for v, r in zip(scores[SELECTED], rows)])
+        vals = vals[np.isfinite(vals)]
+        counts, edges = np.histogram(vals, bins=20, range=(0, 1)) if vals.size else (np.zeros(0), np.zeros(0))
+        summary_attrs[SELECTED] = {"label": ATTRIBUTE_LABELS[SELECTED], "direction": DIRECTIONS[SELECTED],
+                                   "threshold": None, "thresholds": None, "interval": None,
+                                   "histogram": {"counts": counts.tolist(), "edges": edges.tolist()},
+                                   "noisy_fraction": None, "note": "online selection, accumulated during training"}
     masked = [np.asarray(r["response_mask"], bool) & ~np.asarray(k, bool) for r, k in zip(rows, keeps)]
     summary = {**header, "kept_fraction": mask_stats["kept_fraction"], "attributes": summary_attrs,
                "most_masked": most_common_tokens(rows, masked, tokenizer)}

@@ -17,7 +17,7 @@ import logging
 
 import numpy as np
 
-from xtf import rules
+from xtf import online, rules
 
 log = logging.getLogger(__name__)
 MASK_VERSION = 3  # bump when any mask rule changes behaviour
@@ -54,7 +54,8 @@ def _scatter(rows: list[dict], per_sample: list[np.ndarray]) -> list[np.ndarray]
 
 # ------------------------------------------------------------------------------------------------ methods
 def keep_all_answer_tokens(rows, scores, method, seed, special=frozenset()):
-    """normal / normal_x2 / none / slm (SLM selects tokens per batch during training)."""
+    """normal / normal_x2 / none / da, and the online methods (xtf.online: they select tokens per batch during
+    training)."""
     return [_answer(r) for r in rows], {}, {}
 
 
@@ -166,6 +167,24 @@ def random_control(rows, scores, method, seed, special=frozenset()):
     return _scatter(rows, kept), {}, {"match": method.match, "ratio": method.ratio if method.match is None else None}
 
 
+def stm(rows, scores, method, seed, special=frozenset()):
+    """STM: mask the answer tokens whose base-model perplexity exp(nll) is above `method.stm.threshold`
+    (direction mask_higher; mask_lower masks the complement, exp(nll) <= threshold). Per token: the perplexity of
+    one token is exp of its NLL. Structural tokens are exempt under method.exempt_special."""
+    keeps, flagged, exempted = [], 0, 0
+    for r, nll in zip(rows, scores["nll"]):
+        answer = _answer(r)
+        above = np.exp(np.asarray(nll, dtype=np.float64)) > method.stm.threshold
+        noisy = answer & (above if method.stm.direction == "mask_higher" else ~above)
+        if method.exempt_special and special:
+            exempted += int((noisy & _structural(r, special)).sum())
+            noisy &= ~_structural(r, special)
+        flagged += int(noisy.sum())
+        keeps.append(answer & ~noisy)
+    return keeps, {}, {"threshold": method.stm.threshold, "direction": method.stm.direction, "flagged": flagged,
+                       "exempted_structural": exempted}
+
+
 def oracle(rows, scores, method, seed, special=frozenset()):
     """oracle (synthetic task only): mask exactly the injected noise — the ceiling any filter can reach."""
     if not any("truth" in r for r in rows):
@@ -191,7 +210,12 @@ METHODS = {
     "slm": (("ref_nll",), keep_all_answer_tokens),  # per-batch selection in xtf.train with ref_nll
     "random": (None, random_control),
     "oracle": ((), oracle),
+    "stm": (("nll",), stm),
+    "da": ((), keep_all_answer_tokens),           # all tokens of the augmented set (xtf.augment)
 }
+# Online methods (xtf.online.ONLINE) choose tokens per batch during training: offline they keep every answer token.
+METHODS.update({name: (entry["needs"], keep_all_answer_tokens) for name, entry in online.ONLINE.items()
+                if name not in METHODS})
 
 
 def scores_needed(method) -> tuple[str, ...]:

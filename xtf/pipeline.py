@@ -11,7 +11,7 @@ import shutil
 
 import torch
 
-from xtf import data, explain, masking, models, results, sandbox, scoring, tasks
+from xtf import augment, data, explain, masking, models, online, results, sandbox, scoring, tasks
 from xtf.config import RunConfig, check_model_fit
 from xtf.evaluate import EVAL_VERSION, evaluate
 from xtf.masking import MASK_VERSION
@@ -46,6 +46,8 @@ def run(cfg: RunConfig) -> dict:
     device = models.pick_device(cfg.device)
     with results.wandb_mirror(cfg, folder.name) as wandb_run:
         tokenizer = models.load_tokenizer(weights)
+        with timer("augment"):  # a method that adds training examples (DA) does it here; others: unchanged, None
+            train_examples, augmentation = augment.augment(cfg, task, train_examples, device)
         with timer("tokenize"):
             rows, token_stats = data.tokenize_cached(
                 tokenizer, train_examples, cfg.data.max_len, cfg.data.truncation, cfg.model.chat_template,
@@ -62,7 +64,7 @@ def run(cfg: RunConfig) -> dict:
                                                     masking.structural_ids(tokenizer))
             detection = masking.detection(rows, keeps, noisy, scores)  # synthetic noise only, else None
             mask_stats["most_masked"] = most_masked(rows, keeps, tokenizer)
-        train_info = None
+        train_info, selector, trainable = None, None, []
         if cfg.method.finetune and scoring_info.get("trained_model"):
             # The method's scorer trained the result itself (TC's self-evolving chain, method.evolve=chain): that
             # model is evaluated; the masks above are the selection each part of the chain was trained on.
@@ -79,12 +81,11 @@ def run(cfg: RunConfig) -> dict:
                     f"{token_stats.get('n_truncated', '?')} of {len(rows)} examples cut at data.max_len="
                     f"{cfg.data.max_len}: if the answers were cut away, raise data.max_len)")
             with timer("finetune"):
-                slm = cfg.method.name == "slm"
+                # An online method (xtf.online) selects each batch's tokens during training; None otherwise.
+                selector = online.selector(cfg.method, {k: [v[i] for i in trainable] for k, v in scores.items()})
                 model, train_info = finetune(
                     model, tokenizer, [rows[i] for i in trainable], [keeps[i] for i in trainable], cfg.train,
-                    cfg.model, cfg.method.epochs_factor, cfg.seed, results.outputs_dir(cfg), wandb_run,
-                    ref_nll=[scores["ref_nll"][i] for i in trainable] if slm else None,
-                    slm_keep_ratio=cfg.method.keep_ratio if slm else None)
+                    cfg.model, cfg.method.epochs_factor, cfg.seed, results.outputs_dir(cfg), wandb_run, selector)
         with timer("evaluate"):
             if not cfg.eval.enabled:
                 metrics, predictions, protocol = {}, [], {"name": "disabled"}
@@ -104,10 +105,12 @@ def run(cfg: RunConfig) -> dict:
             "detection": detection,
             "tokenization": token_stats,
             "training": train_info,
+            "augmentation": augmentation,
             "eval_protocol": protocol,
             "data": data.record_section(used, cfg.eval.split),
             "versions": {"tokenize": data.TOKENIZE_VERSION, "mask": MASK_VERSION, "train": TRAIN_VERSION,
-                         "eval": EVAL_VERSION, "extract": task.EXTRACT_VERSION, "scorers": scoring.SCORER_VERSIONS},
+                         "eval": EVAL_VERSION, "extract": task.EXTRACT_VERSION, "scorers": scoring.SCORER_VERSIONS,
+                         "online": online.ONLINE_VERSION, "augment": augment.AUGMENT_VERSION},
             "weights": weights,
             "config": dataclasses.asdict(cfg),
             "provenance": results.provenance(str(device)),
@@ -117,7 +120,8 @@ def run(cfg: RunConfig) -> dict:
         with timer("explain"):
             explain.write_inputs(folder, rows, tokenizer, keeps, noisy, scores, mask_stats,
                                  {"method": cfg.method.name, "run_id": folder.name, "task": cfg.task.name,
-                                  "model": cfg.model.name}, detection)
+                                  "model": cfg.model.name}, detection,
+                                 selection=online.selection_shares(selector, rows, trainable))
             explain.write_report(folder)
         results.write_record(folder, record)  # last: its presence marks the run complete
         results.mirror_record(wandb_run, record)

@@ -35,6 +35,9 @@ LIBRARIES = ("torch", "transformers", "peft", "accelerate", "datasets", "tokeniz
 # paths.hub_mirror, the Hub).
 _NOT_IN_RUN_ID = {"paths", "wandb", "experiment", "force", "device"}
 _TRAIN_NOT_IN_RUN_ID = {"save_steps", "save_total_limit", "keep_checkpoints", "logging_steps"}
+# Method sections added after runs existed (ssToken, ProFit, STM, DA): in the id only when changed from their
+# defaults, so earlier runs keep their ids (the method's name already tells the new methods apart).
+_METHOD_ADDED_SECTIONS = ("sstoken", "profit", "stm", "da")
 # Evaluation keys that only the sandboxed code protocol (pass@k) reads: hashed for code tasks only, so adding
 # them left every other run's id unchanged. sandbox.parallel only changes speed: never hashed.
 _CODE_EVAL_KEYS = {"n_samples", "temperature", "top_p", "pass_k", "code_protocol", "sandbox",
@@ -45,6 +48,9 @@ def run_id_fields(cfg: RunConfig) -> dict:
     fields = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _NOT_IN_RUN_ID}
     fields["model"] = {k: v for k, v in fields["model"].items() if k != "path"}
     fields["train"] = {k: v for k, v in fields["train"].items() if k not in _TRAIN_NOT_IN_RUN_ID}
+    defaults = dataclasses.asdict(type(cfg.method)(name=cfg.method.name))
+    fields["method"] = {k: v for k, v in fields["method"].items()
+                        if not (k in _METHOD_ADDED_SECTIONS and v == defaults[k])}
     from xtf import tasks
 
     evaluation = getattr(tasks.TASKS[cfg.task.name], "EVALUATION", "exact_match")

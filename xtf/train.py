@@ -47,22 +47,15 @@ def make_labels(input_ids: list[int] | np.ndarray, keep: np.ndarray) -> list[int
     return np.where(np.asarray(keep, dtype=bool), ids, IGNORE).tolist()
 
 
-def slm_select(nll: torch.Tensor, ref_nll: torch.Tensor, labels: torch.Tensor, keep_ratio: float) -> torch.Tensor:
-    """SLM (Rho-1): labels with only the top `keep_ratio` of the batch's trainable tokens by excess loss
-    (current − reference) left trainable (k = round(keep_ratio · trainable tokens in the batch))."""
-    trainable = labels != IGNORE
-    excess = torch.where(trainable, nll.detach() - ref_nll, torch.full_like(nll, float("-inf")))
-    k = int(round(keep_ratio * int(trainable.sum())))
-    chosen = torch.zeros_like(trainable)
-    if k > 0:
-        chosen.view(-1)[torch.topk(excess.view(-1), k).indices] = True
-    return torch.where(chosen & trainable, labels, torch.full_like(labels, IGNORE))
-
-
-def masked_loss(nll: torch.Tensor, labels: torch.Tensor, response_mask: torch.Tensor, loss_norm: str) -> torch.Tensor:
-    """Mean NLL of the kept tokens, normalised per `loss_norm` (see module docstring). Shapes [B, L]."""
+def masked_loss(nll: torch.Tensor, labels: torch.Tensor, response_mask: torch.Tensor, loss_norm: str,
+                weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean NLL of the kept tokens, normalised per `loss_norm` (see module docstring). Shapes [B, L]. `weights`
+    (an online method's detached per-token loss weights, e.g. DFT's) multiply each kept token's NLL; the
+    denominator stays a token count."""
     kept = (labels != IGNORE).float()
     denom = kept.sum() if loss_norm == "kept" else response_mask.float().sum()
+    if weights is not None:
+        kept = kept * weights
     return (nll * kept).sum() / denom.clamp(min=1.0)
 
 
@@ -84,7 +77,7 @@ class Collator:
                                             for r in rows]),
             "labels": pad("labels", IGNORE),
             "response_mask": pad("response_mask", 0),
-            **({"ref_nll": pad("ref_nll", 0.0).float()} if "ref_nll" in rows[0] else {}),
+            **({"row": torch.tensor([r["row"] for r in rows])} if "row" in rows[0] else {}),  # online methods
         }
 
 
@@ -95,26 +88,44 @@ def _trainer_class():
         """HF Trainer whose loss is `masked_loss` (the one override: XTF's loss normalisation)."""
 
         loss_norm = "kept"
-        slm_keep_ratio = None          # set for SLM: per-batch token selection by excess loss over ref_nll
+        selector = None                # an online method's xtf.online.Selector: per-batch labels / loss weights
         loss_is_scaled_for_ga = False  # a per-micro-batch mean; Trainer divides by the accumulation steps
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             labels, response_mask = inputs.pop("labels"), inputs.pop("response_mask")
-            ref_nll = inputs.pop("ref_nll", None)
-            outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
+            rows = inputs.pop("row", None)
+            if self.selector is None:
+                outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
+                nll = token_nll(outputs.logits, inputs["input_ids"])
+                loss = masked_loss(nll, labels, response_mask, self.loss_norm)
+                return (loss, outputs) if return_outputs else loss
+            step = self.state.global_step
+            batch = {**inputs, "response_mask": response_mask, "step": step}
+            with self.selector.capture(model, batch) as signals:
+                outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
             nll = token_nll(outputs.logits, inputs["input_ids"])
-            if ref_nll is not None:
-                labels = slm_select(nll, ref_nll, labels, self.slm_keep_ratio)
-            loss = masked_loss(nll, labels, response_mask, self.loss_norm)
+            labels, weights = self.selector(signals, labels, nll, rows, step, self.state.max_steps)
+            loss = masked_loss(nll, labels, response_mask, self.loss_norm, weights)
             return (loss, outputs) if return_outputs else loss
+
+        def log(self, logs, *args, **kwargs):
+            if self.selector is not None and "loss" in logs:  # the online method's kept fraction since the last log
+                kept = self.selector.kept_fraction_since_log(self.state.global_step)
+                if kept is not None:
+                    logs["kept_fraction"] = kept
+            return super().log(logs, *args, **kwargs)
 
     return MaskedTrainer
 
 
-def _loss_recorder(history: list[dict], wandb_run):
+def _loss_recorder(history: list[dict], wandb_run, selector=None):
     from transformers import TrainerCallback
 
     class LossRecorder(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            if selector is not None:  # an online method's books travel with the checkpoint (resume)
+                selector.save(Path(args.output_dir) / f"checkpoint-{state.global_step}")
+
         def on_step_end(self, args, state, control, **kwargs):
             # Also log at every checkpoint and at the last step (HF logs only every logging_steps), so that the
             # loss history a checkpoint keeps covers every step up to it: train_loss is computed from that history
@@ -128,7 +139,7 @@ def _loss_recorder(history: list[dict], wandb_run):
                 entry = _loss_entry(state.global_step, logs)
                 history.append(entry)
                 if wandb_run is not None:
-                    wandb_run.log({"train/loss": entry["loss"], "train/lr": entry["lr"]}, step=state.global_step)
+                    wandb_run.log({f"train/{k}": v for k, v in entry.items() if k != "step"}, step=state.global_step)
 
     return LossRecorder()
 
@@ -191,13 +202,13 @@ def train_loss(history: list[dict]) -> float | None:
 
 
 def finetune(model, tokenizer, rows: list[dict], keeps: list[np.ndarray], train_cfg: TrainConfig,
-             model_cfg: ModelConfig, epochs_factor: int, seed: int, out_dir: Path, wandb_run=None,
-             ref_nll: list[np.ndarray] | None = None, slm_keep_ratio: float | None = None):
+             model_cfg: ModelConfig, epochs_factor: int, seed: int, out_dir: Path, wandb_run=None, selector=None):
     """Fine-tune `model` on rows with labels from `keeps`; resumes from the newest checkpoint in out_dir.
 
     Returns (model ready for evaluation, info dict with loss history, steps and resume point). Rows whose
-    keep mask is empty must already have been removed by the caller (and counted). With `ref_nll` (per row,
-    aligned to input_ids) training selects tokens per batch as SLM does (`slm_select`)."""
+    keep mask is empty must already have been removed by the caller (and counted). With `selector` (an online
+    method's xtf.online.Selector, built for these rows) every micro-batch's labels / loss weights come from it, and
+    info["online"] records its kept fraction per step."""
     from transformers import TrainingArguments
 
     if train_cfg.mode == "lora":
@@ -211,9 +222,10 @@ def finetune(model, tokenizer, rows: list[dict], keeps: list[np.ndarray], train_
          "response_mask": [int(m) for m in r["response_mask"]]}
         for r, k in zip(rows, keeps)
     ]
-    if ref_nll is not None:
-        for row, ref in zip(dataset, ref_nll):
-            row["ref_nll"] = [float(x) for x in ref]
+    if selector is not None:
+        for i, row in enumerate(dataset):
+            row["row"] = i
+        selector.bind(rows, model)
     ckpt_dir = out_dir / "checkpoints"
     on_gpu = next(model.parameters()).device.type == "cuda"
     args = TrainingArguments(
@@ -242,13 +254,15 @@ def finetune(model, tokenizer, rows: list[dict], keeps: list[np.ndarray], train_
     history: list[dict] = []
     trainer = _trainer_class()(model=model, args=args, train_dataset=dataset,
                                data_collator=Collator(tokenizer.pad_token_id),
-                               callbacks=[_loss_recorder(history, wandb_run)])
+                               callbacks=[_loss_recorder(history, wandb_run, selector)])
     trainer.loss_norm = train_cfg.loss_norm
-    trainer.slm_keep_ratio = slm_keep_ratio
+    trainer.selector = selector
     resume = last_checkpoint(ckpt_dir)
     if resume:
         log.info("resuming fine-tuning from %s", resume)
         history.extend(_history_from_checkpoint(Path(resume)))
+        if selector is not None:
+            selector.load(Path(resume))
     trainer.train(resume_from_checkpoint=resume)
     steps = trainer.state.global_step
     history = sorted({h["step"]: h for h in history}.values(), key=lambda h: h["step"])
@@ -259,6 +273,7 @@ def finetune(model, tokenizer, rows: list[dict], keeps: list[np.ndarray], train_
         "train_loss": train_loss(history),
         "loss_history": history,
         "rows": len(dataset),
+        **({"online": selector.record()} if selector is not None else {}),
     }
     model = trainer.model
     if train_cfg.mode == "lora":
@@ -277,4 +292,5 @@ def _history_from_checkpoint(ckpt: Path) -> list[dict]:
 
 
 def _loss_entry(step: int, logs: dict) -> dict:
-    return {"step": step, "loss": float(logs["loss"]), "lr": float(logs.get("learning_rate", 0))}
+    return {"step": step, "loss": float(logs["loss"]), "lr": float(logs.get("learning_rate", 0)),
+            **({"kept_fraction": float(logs["kept_fraction"])} if "kept_fraction" in logs else {})}
