@@ -470,7 +470,8 @@ def validate(cfg: Any) -> RunConfig:
     if run.method.name == "oracle" and not any(
             v > 0 for k, v in dataclasses.asdict(task_options).items() if k.endswith("_rate")):
         raise ConfigError("method=oracle masks the injected noise, so it needs a task with ground truth: task=synth "
-                          "with task.options.filler_rate / distractor_rate / corruption_rate > 0")
+                          "with task.options.filler_rate / distractor_rate / corruption_rate > 0, or task=gsm8k "
+                          "with a task.options.noise_<kind>_rate > 0 (filler, offtopic, corruption, duplicate, leak)")
     if run.method.da.n > 1 and run.method.da.temperature == 0:
         raise ConfigError("method.da.n > 1 needs method.da.temperature > 0: greedy paraphrases would be identical")
     if run.method.match is not None and run.method.match not in masking.METHODS:
@@ -478,7 +479,7 @@ def validate(cfg: Any) -> RunConfig:
     paths = PathsConfig(**{f.name: _absolute(getattr(run.paths, f.name)) for f in dataclasses.fields(PathsConfig)})
     return dataclasses.replace(
         run,
-        task=dataclasses.replace(run.task, options=dataclasses.asdict(task_options)),
+        task=dataclasses.replace(run.task, options=options_dict(task_options)),
         paths=paths,
     )
 
@@ -503,6 +504,21 @@ def check_model_fit(run: RunConfig, weights: str) -> None:
     n_layers = text.get("num_hidden_layers") or model_config.get("num_hidden_layers")
     if isinstance(n_layers, int):
         check_ri_layers(run.method.ri.layers, n_layers, f"num_hidden_layers in {config_file}")
+
+
+# Field metadata of a task option added after runs existed: at its default the option is left out of the
+# validated config (so of run ids, data memo keys and records), and runs that do not use it keep their ids.
+ID_OMIT_DEFAULT = {"id_omit_default": True}
+
+
+def options_dict(options: Any) -> dict:
+    """dataclasses.asdict of a task's Options, without the ID_OMIT_DEFAULT fields that hold their default
+    (Options(**options_dict(o)) == o)."""
+    out = dataclasses.asdict(options)
+    for f in dataclasses.fields(options):
+        if f.metadata.get("id_omit_default") and out[f.name] == f.default:
+            del out[f.name]
+    return out
 
 
 def task_options(run: RunConfig) -> Any:

@@ -89,6 +89,7 @@ def _attribute_entries(truth: np.ndarray, negatives: np.ndarray, scores: dict, n
         if attr in scores:
             oriented = scores[attr] if orientation[attr] == "high" else -scores[attr]
             entry["auroc"] = auroc(oriented[truth | negatives], truth[truth | negatives])
+            entry["orientation"] = orientation[attr]   # which side of the raw score means noise
         if attr in noisy:
             entry.update(prf(noisy[attr], truth))
         out[attr] = entry
@@ -105,7 +106,8 @@ def detection_report(truth: dict[str, np.ndarray], masked: np.ndarray, scores: d
     that higher = noisier; noisy: attribute → that attribute's own noisy mask.
 
     Returns {"overall": {...}, <type>: {...} for each type in truth}, each entry
-        {"n_noise_tokens": int, "mask": prf(masked, t), <attr>: {"auroc": ..., **prf(noisy[attr], t)}}
+        {"n_noise_tokens": int, "mask": prf(masked, t), <attr>: {"auroc": ..., "orientation": "low"|"high",
+                                                                  **prf(noisy[attr], t)}}
     with t = any type ("overall") or that type. "overall" also has "n_tokens" and "n_masked".
     Per type: recall = the fraction of that type's tokens caught; precision = the fraction of flagged tokens that
     are of that type (flagged tokens of OTHER noise types count as false positives, so where no token has two

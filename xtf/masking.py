@@ -186,9 +186,11 @@ def stm(rows, scores, method, seed, special=frozenset()):
 
 
 def oracle(rows, scores, method, seed, special=frozenset()):
-    """oracle (synthetic task only): mask exactly the injected noise — the ceiling any filter can reach."""
+    """oracle (tasks with injected noise: synth, GSM8K noise_*_rate): mask exactly the injected noise — the ceiling
+    any filter can reach."""
     if not any("truth" in r for r in rows):
-        raise ValueError("method=oracle needs ground-truth noise: task=synth with a task.options.*_rate > 0")
+        raise ValueError("method=oracle needs ground-truth noise: task=synth with a task.options.*_rate > 0 "
+                         "or task=gsm8k with a task.options.noise_*_rate > 0")
     keeps = []
     for r in rows:
         injected = np.zeros(len(r["input_ids"]), dtype=bool)
@@ -207,7 +209,8 @@ METHODS = {
     "xtf_official": (None, xtf),                  # the released code's RI definition and per-sample caps
     "tc": (("nll", "ref_nll"), tc),                 # "nll" first: the self-evolving reference needs it
     "df": (("nll",), df),
-    "slm": (("ref_nll",), keep_all_answer_tokens),  # per-batch selection in xtf.train with ref_nll
+    # per-batch selection in xtf.train with ref_nll; nll (base losses) only for the detection report's excess loss
+    "slm": (("ref_nll", "nll"), keep_all_answer_tokens),
     "random": (None, random_control),
     "oracle": ((), oracle),
     "stm": (("nll",), stm),
@@ -269,14 +272,28 @@ def mask(rows: list[dict], scores: dict, method, seed: int, special: frozenset[i
     return keeps, noisy, {**mask_stats(rows, keeps, noisy), "rule": info}
 
 
-# Which side of each score means "noise" (for AUROC against the injected truth).
+# Which side of each score means "noise" (for AUROC against the injected truth): RI low (nothing builds on it),
+# KN = PCP high (nothing new), TR low (off-domain), NLL high (the base finds it unlikely), tc = base loss minus
+# reference loss low (TC keeps the top; SLM's excess loss at step 0, whose low end SLM drops).
 NOISE_SIDE = {"ri": "low", "kn": "high", "tr": "low", "nll": "high", "tc": "low"}
 
 
-def detection(rows: list[dict], keeps: list[np.ndarray], noisy: dict, scores: dict) -> dict | None:
+def method_score(method) -> str | None:
+    """The raw score a method ranks tokens by (a key of NOISE_SIDE), or None when it has no single one (normal,
+    random, oracle, XTF with several attributes: a union of thresholded flags)."""
+    if method is None:
+        return None
+    if method.name in ("xtf", "xtf_official"):
+        return method.attributes[0] if len(method.attributes) == 1 else None
+    return {"tc": "tc", "slm": "tc", "df": "nll"}.get(method.name)
+
+
+def detection(rows: list[dict], keeps: list[np.ndarray], noisy: dict, scores: dict, method=None) -> dict | None:
     """How well the mask and each raw score find the injected noise (None without ground truth): AUROC of each
-    score, precision / recall / F1 of the mask and of each attribute's own noisy set, per noise type and
-    overall, over all answer tokens (xtf.detection)."""
+    score (with its orientation), precision / recall / F1 of the mask and of each attribute's own noisy set, per
+    noise type and overall, over all answer tokens (xtf.detection). With `method`, each entry also gets
+    "method_score": {"name", "orientation", "auroc"} for the score that method ranks by (`method_score`), so a
+    table can show one AUROC column for every cell."""
     from xtf import detection as det
 
     if not any("truth" in r for r in rows):
@@ -291,4 +308,9 @@ def detection(rows: list[dict], keeps: list[np.ndarray], noisy: dict, scores: di
         raw["tc"] = [n - r for n, r in zip(scores["nll"], scores["ref_nll"])]
     flat_scores = {name: np.concatenate([np.asarray(v)[a] for v, a in zip(vals, answer)]) for name, vals in raw.items()}
     flat_noisy = {name: np.concatenate([np.asarray(m)[a] for m, a in zip(ms, answer)]) for name, ms in noisy.items()}
-    return det.detection_report(truth, masked, flat_scores, flat_noisy, {k: NOISE_SIDE[k] for k in flat_scores})
+    report = det.detection_report(truth, masked, flat_scores, flat_noisy, {k: NOISE_SIDE[k] for k in flat_scores})
+    own = method_score(method)
+    if own in flat_scores:
+        for entry in report.values():
+            entry["method_score"] = {"name": own, "orientation": NOISE_SIDE[own], "auroc": entry[own]["auroc"]}
+    return report

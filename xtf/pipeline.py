@@ -62,7 +62,7 @@ def run(cfg: RunConfig) -> dict:
         with timer("mask"):
             keeps, noisy, mask_stats = masking.mask(rows, scores, cfg.method, cfg.seed,
                                                     masking.structural_ids(tokenizer))
-            detection = masking.detection(rows, keeps, noisy, scores)  # synthetic noise only, else None
+            detection = masking.detection(rows, keeps, noisy, scores, cfg.method)  # injected noise only, else None
             mask_stats["most_masked"] = most_masked(rows, keeps, tokenizer)
         train_info, selector, trainable = None, None, []
         if cfg.method.finetune and scoring_info.get("trained_model"):

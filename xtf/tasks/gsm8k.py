@@ -12,6 +12,11 @@ task.options.format=released — the training text of the released XTF code (XTF
     prompt    "<question>" as in the file, no template;  response  "<rationale>" = answer.split("####")[0].strip(),
     <<calc>> annotations kept, no "#### N" line, no EOS (`target` is ignored).
 
+Controlled noise (task.options.noise_<kind>_rate, xtf/noise.py): the TRAINING responses of format=template get
+injected noise lines / wrong step results between and in the rationale's newline-separated steps ("#### N" stays
+last and intact) and "noise_spans" [[start, end, kind]] into `response`; test answers stay clean; all rates 0
+(the default) leave every example, checksum and run id as they were.
+
 Answer extraction (EXTRACTORS; eval/xtf_gsm8k.yaml runs the same rules inside lm-eval):
     strict    lm-eval's built-in gsm8k "strict-match": regex "#### (\-?[0-9\.\,]+)", first match, then the
               exact_match normalisation of its gsm8k task (lower case; remove ",", "$", "(?s).*#### ", "\.$").
@@ -24,10 +29,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, Optional
 
-from xtf.config import DataConfig, PathsConfig
+from xtf import noise
+from xtf.config import ID_OMIT_DEFAULT, DataConfig, PathsConfig
 from xtf.tasks.common import (
     DataError,
     RowChecker,
@@ -57,6 +63,32 @@ class Options:
     target: Literal["rationale_answer", "rationale"] = "rationale_answer"
     # "template": the prompt/response above; "released": the released XTF code's text (module docstring).
     format: Literal["template", "released"] = "template"
+    # Controlled noise in the TRAINING answers (xtf/noise.py; ground truth for noise detection, method=oracle):
+    # probability per step line (corruption) or per gap between lines (the others); 0.0 = clean. The noise of
+    # row i comes from its own streams (noise_seed, i, kind). At their defaults these keys stay out of the run id
+    # (xtf.config.options_dict), so clean runs keep the ids they had before noise existed. format=template only.
+    noise_filler_rate: float = field(default=0.0, metadata=ID_OMIT_DEFAULT)      # chat filler sentence
+    noise_offtopic_rate: float = field(default=0.0, metadata=ID_OMIT_DEFAULT)    # off-topic sentence
+    noise_corruption_rate: float = field(default=0.0, metadata=ID_OMIT_DEFAULT)  # wrong intermediate result
+    noise_duplicate_rate: float = field(default=0.0, metadata=ID_OMIT_DEFAULT)   # the previous step repeated
+    noise_leak_rate: float = field(default=0.0, metadata=ID_OMIT_DEFAULT)        # "Answer: X" of another problem
+    noise_seed: int = field(default=0, metadata=ID_OMIT_DEFAULT)
+
+
+def noise_rates(opts: Options) -> dict[str, float]:
+    """{noise kind: rate} from the noise_<kind>_rate options (xtf.noise.NOISE_KINDS)."""
+    return {kind: getattr(opts, f"noise_{kind}_rate") for kind in noise.NOISE_KINDS}
+
+
+def check_options(opts: Options) -> None:
+    from xtf.config import ConfigError
+
+    for kind, rate in noise_rates(opts).items():
+        if not 0.0 <= rate <= 1.0:   # also rejects NaN
+            raise ConfigError(f"task.options.noise_{kind}_rate={rate} is out of range; must be in [0, 1]")
+    if opts.format == "released" and any(noise_rates(opts).values()):
+        raise ConfigError("task.options.noise_*_rate needs task.options.format=template (noise is injected into "
+                          "the template's newline-separated steps; format=released keeps <<calc>> annotations)")
 
 
 _CALC = re.compile(r"<<[^>]*>>")
@@ -152,12 +184,19 @@ def convert(row: dict, idx: int, split: str, where: str, opts: Options, checker:
                 "response": row["answer"].split("####")[0].strip(), "answer": answer, "eos": False}
     rationale = _CALC.sub("", rationale).strip()
     response = rationale if opts.target == "rationale" else f"{rationale}\n#### {answer}"
-    return {
+    example = {
         "id": f"gsm8k-{split}-{idx}",
         "prompt": f"Question: {row['question'].strip()}\nAnswer:",
         "response": " " + response,
         "answer": answer,
     }
+    rates = noise_rates(opts)
+    if split == "train" and any(rates.values()):   # test answers stay clean; all rates 0: byte-identical
+        # The steps are the rationale's lines; "#### N" stays the last line and is never changed.
+        tail = [] if opts.target == "rationale" else [f"#### {answer}"]
+        pieces = noise.inject(rationale.split("\n"), rates, f"gsm8k-noise-{opts.noise_seed}-{idx}", tail)
+        example["response"], example["noise_spans"] = noise.assemble(pieces, prefix=" ", sep="\n")
+    return example
 
 
 def load(opts: Options, data: DataConfig, paths: PathsConfig) -> TaskData:
