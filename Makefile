@@ -17,10 +17,10 @@ ifneq ($(wildcard ../shared/data),)
 export XTF_DATA_DIR ?= $(abspath ../shared/data)
 endif
 
-.PHONY: install run test test-real test-slow test-gpu lint bench-scoring bench-noise sweep tables clean help
+.PHONY: install run test test-real test-slow test-gpu lint bench-scoring bench-noise bench-noise-real sweep tables clean help
 
 help:
-	@echo "make install | run | test | test-real | test-slow | test-gpu | lint | bench-scoring | bench-noise | sweep | tables | clean"
+	@echo "make install | run | test | test-real | test-slow | test-gpu | lint | bench-scoring | bench-noise | bench-noise-real | sweep | tables | clean"
 
 # PYTHONWARNINGS=ignore on the editable install: setuptools' editable-mode notice says nothing to act on.
 $(STAMP): pyproject.toml constraints.txt requirements-models.txt
@@ -64,6 +64,11 @@ bench-scoring: install
 bench-noise: install
 	$(MAKE) sweep EXP=noise_benchmark
 	$(PY) -m xtf.experiment experiments/noise_benchmark.yaml --table
+
+# The same on real text: GSM8K answers with injected noise, SmolLM2-135M (11 cells x 3 seeds, ~2-3 h on 2 CPU cores).
+bench-noise-real: install
+	$(MAKE) sweep EXP=noise_benchmark_real
+	$(PY) -m xtf.experiment experiments/noise_benchmark_real.yaml --table
 
 # One experiment (experiments/$(EXP).yaml): every run of its grid that is not complete yet, on CLUSTER=local|slurm.
 EXP ?= noise_benchmark
