@@ -74,7 +74,7 @@ def summary_lines(record: dict, folder) -> list[str]:
     if answer_tokens and cut / (answer_tokens + cut) > TRUNCATION_WARN:
         lines.append(f"WARNING: truncation cut {cut} answer tokens ({cut / (answer_tokens + cut):.1%}) in "
                      f"{tok.get('n_truncated')} of {tok.get('n_examples')} training examples; raise data.max_len")
-    report = Path(folder) / "report.html"
+    report = Path(folder) / "explain" / "index.html"
     if report.is_file():
         lines.append(f"explanation report: {report}")
     lines.append(f"results: {folder}")
