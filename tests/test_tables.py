@@ -132,7 +132,7 @@ def _bad(tmp_path, text, name="demo"):
     (("name: demo", "name: other"), "name: 'other' must be the file's name"),
     (("seeds: [0, 1]", "seeds: [0, 0]"), "seeds: expected a non-empty list of distinct integers"),
     (("description:", "colour: red\ndescription:"), "colour: unknown key; allowed: ['name',"),
-    (("method=xtf,", "method=xtff,"), "no option 'xtff' in config group 'method'; allowed: ['df', 'none'"),
+    (("method=xtf,", "method=xtff,"), "no option 'xtff' in config group 'method'; allowed: ['da', 'df'"),
     (("rows: [method]", "rows: [methods]"), "table.rows: unknown coordinate 'methods'; coordinates of this spec:"),
     (("columns: [lr]", "columns: []"), "coordinate 'lr' is in neither rows, columns nor split"),
     (("best: none}}", "best: mean}}"), "table.values.kept.best: 'mean' is not allowed; choose one of ['max', 'min'"),
