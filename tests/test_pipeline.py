@@ -26,7 +26,7 @@ def small_run(run_overrides, *extra, base=SMALL):
 def test_default_run_end_to_end_and_its_record(run_overrides, capsys):
     record = small_run(run_overrides)
     out = capsys.readouterr().out
-    assert "task=synth model=tiny method=normal" in out and "kept-token fraction=1.000" in out and "results:" in out
+    assert "task=synth model=tiny method=normal" in out and "kept answer tokens: 1.000" in out and "results:" in out
     folder = run_dir(validate(compose([*run_overrides, *SMALL])))
     saved = json.loads((folder / "results.json").read_text())
     assert saved == json.loads(json.dumps(record, default=str))
