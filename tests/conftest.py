@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 # Before anything imports transformers/datasets/wandb: never touch the network, never wait for a login.
@@ -74,3 +75,19 @@ def require_bwrap() -> None:
         if IN_CI:
             pytest.fail(msg + " — required under CI=true (.ci/run installs bubblewrap)")
         pytest.skip(msg)
+
+
+def reference_ri(model, ids: list[int]) -> np.ndarray:
+    """DESIGN.md's RI on eager attentions of one unpadded sequence, averaged over all layers and heads:
+    for token t, the mean over later queries q > t of (q + 1) · A[q, t] (NaN for the last token)."""
+    import torch
+
+    with torch.no_grad():
+        att = model(torch.tensor([ids]), output_attentions=True).attentions   # layers × [1, H, L, L]
+    a = torch.stack(att)[:, 0].double().mean(dim=(0, 1))                       # [L, L]
+    n = len(ids)
+    weighted = (torch.arange(n, dtype=torch.float64) + 1)[:, None] * a        # (q + 1) · A[q, t]
+    ri = np.full(n, np.nan)
+    for t in range(n - 1):
+        ri[t] = weighted[t + 1:, t].mean().item()
+    return ri

@@ -50,7 +50,8 @@ def _check_spans(text: str, spans: list, clean_lines: list[str]) -> None:
     for line, clean in zip(kept, clean_lines):
         if line != clean:   # only a corrupted result differs: same text around a different number
             a, b = noise.result_span(clean)
-            assert line[:a] == clean[:a] and line.endswith(clean[b:]) and line[a:len(line) - len(clean) + b] != clean[a:b]
+            new_number = line[a:len(line) - len(clean) + b]
+            assert line[:a] == clean[:a] and line.endswith(clean[b:]) and new_number != clean[a:b]
 
 
 def test_every_kind_spans_exactly_the_injected_text():

@@ -10,11 +10,12 @@ import dataclasses
 import importlib.metadata as md
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import IN_CI, compose, require_shared_data
+from conftest import IN_CI, compose, reference_ri, require_shared_data
 
 from xtf import models, packaged
 from xtf.config import ModelConfig
@@ -53,20 +54,6 @@ def gemma(session_cache):
     return weights, model.eval(), models.load_tokenizer(weights)
 
 
-def _reference_ri(model, ids: list[int]) -> np.ndarray:
-    """DESIGN.md's RI on eager attentions of one unpadded sequence, averaged over all layers and heads."""
-    with torch.no_grad():
-        att = model(torch.tensor([ids]), output_attentions=True).attentions   # layers × [1, H, L, L]
-    a = torch.stack(att)[:, 0].double().mean(dim=(0, 1))                       # [L, L]
-    n = len(ids)
-    q = torch.arange(n, dtype=torch.float64)
-    weighted = (q + 1)[:, None] * a                                            # (q + 1) · A[q, t]
-    ri = np.full(n, np.nan)
-    for t in range(n - 1):
-        ri[t] = weighted[t + 1:, t].mean().item()
-    return ri
-
-
 def _rows(tok, texts):
     rows = []
     for t in texts:
@@ -82,7 +69,7 @@ def test_conversion_is_a_plain_folder_with_provenance_and_is_reused(smol, sessio
     assert len(source["gguf_sha256"]) == 64 and source["architecture"] == "LlamaForCausalLM"
     assert type(model).__name__ == "LlamaForCausalLM" and tok.chat_template
     assert models.resolve_weights(SMOL, str(session_cache)) == weights               # by content: no rebuild
-    assert not any(p.suffix == ".gguf" for p in __import__("pathlib").Path(weights).rglob("*"))
+    assert not any(p.suffix == ".gguf" for p in Path(weights).rglob("*"))
 
 
 def test_smollm2_ri_in_the_attention_function_equals_eager_formula(smol):
@@ -91,7 +78,7 @@ def test_smollm2_ri_in_the_attention_function_equals_eager_formula(smol):
                        "48 / 2 = 24. 48 + 24 = 72. #### 72"])
     scores = forward_scores(model, rows, tok.pad_token_id, batch_size=2, ri_definition="received", query_chunk=8)
     for row, ri in zip(rows, scores["ri"]):
-        np.testing.assert_allclose(ri[:-1], _reference_ri(model, row["input_ids"])[:-1], rtol=2e-4, atol=1e-6)
+        np.testing.assert_allclose(ri[:-1], reference_ri(model, row["input_ids"])[:-1], rtol=2e-4, atol=1e-6)
 
 
 def test_smollm2_pcp_is_the_softmax_probability_of_the_gold_token(smol):
@@ -116,7 +103,7 @@ def test_gemma3_sliding_window_layers_are_handled(gemma):
     assert len(ids) == 600
     row = {"id": "long", "input_ids": ids, "response_mask": [False] + [True] * 599}
     ri = forward_scores(model, [row], tok.pad_token_id, 1, "received", query_chunk=64)["ri"][0]
-    np.testing.assert_allclose(ri[:-1], _reference_ri(model, ids)[:-1], rtol=5e-4, atol=1e-6)
+    np.testing.assert_allclose(ri[:-1], reference_ri(model, ids)[:-1], rtol=5e-4, atol=1e-6)
 
 
 def _run(tmp_path, cache, *extra):

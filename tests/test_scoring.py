@@ -6,6 +6,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from conftest import reference_ri
 
 from xtf.config import ModelConfig
 from xtf.models import load_model, load_tokenizer
@@ -41,24 +42,12 @@ def _rows(tok, texts):
     return rows
 
 
-def _reference_ri(model, ids: list[int]) -> np.ndarray:
-    """The DESIGN.md formula on eager attentions of one unpadded sequence, all layers."""
-    with torch.no_grad():
-        att = model(torch.tensor([ids]), output_attentions=True).attentions   # layers × [1, H, L, L]
-    a = torch.stack(att)[:, 0].mean(dim=(0, 1)).double()                       # [L, L] averaged over layers, heads
-    n = len(ids)
-    ri = np.full(n, np.nan)
-    for t in range(n - 1):
-        ri[t] = np.mean([(q + 1) * a[q, t].item() for q in range(t + 1, n)])
-    return ri
-
-
 def test_ri_received_matches_the_formula_with_padding_and_chunks(tiny):
     model, tok = tiny
     rows = _rows(tok, ["Ann has 12 apples. She buys 7 more.", "3 + 4 = 7.", "I hope this helps! The answer is 9."])
     scores = forward_scores(model, rows, tok.pad_token_id, batch_size=3, ri_definition="received", query_chunk=4)
     for row, ri in zip(rows, scores["ri"]):
-        expected = _reference_ri(model, row["input_ids"])
+        expected = reference_ri(model, row["input_ids"])
         assert ri.shape == (len(row["input_ids"]),)
         np.testing.assert_allclose(ri[:-1], expected[:-1], rtol=1e-4)
         assert np.isnan(ri[-1])                      # no later query for the last token

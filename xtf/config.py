@@ -27,6 +27,12 @@ class ConfigError(ValueError):
     """A configuration value is wrong; the message names the key and what is allowed."""
 
 
+# Field metadata of a key added after runs existed: at its default it is left out of run ids (xtf.results), so
+# runs that do not use it keep their ids. Task options marked so are also left out of the validated config
+# (`options_dict`: of data memo keys and records too).
+ID_OMIT_DEFAULT = {"id_omit_default": True}
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     name: str                                  # short name, e.g. llama3, tiny
@@ -165,10 +171,10 @@ class MethodConfig:
     ratio: float = 0.3                 # fraction of answer tokens masked when match is None
     # The field's other token-selection methods (xtf/online.py, xtf/sstoken.py, xtf/augment.py); ssToken's ρ is
     # keep_ratio above. DFT has no knob: each token's loss is weighted by its detached probability.
-    sstoken: SSTokenConfig = SSTokenConfig()
-    profit: ProFitConfig = ProFitConfig()
-    stm: STMConfig = STMConfig()
-    da: DAConfig = DAConfig()
+    sstoken: SSTokenConfig = field(default=SSTokenConfig(), metadata=ID_OMIT_DEFAULT)
+    profit: ProFitConfig = field(default=ProFitConfig(), metadata=ID_OMIT_DEFAULT)
+    stm: STMConfig = field(default=STMConfig(), metadata=ID_OMIT_DEFAULT)
+    da: DAConfig = field(default=DAConfig(), metadata=ID_OMIT_DEFAULT)
 
 
 @dataclass(frozen=True)
@@ -505,10 +511,6 @@ def check_model_fit(run: RunConfig, weights: str) -> None:
     if isinstance(n_layers, int):
         check_ri_layers(run.method.ri.layers, n_layers, f"num_hidden_layers in {config_file}")
 
-
-# Field metadata of a task option added after runs existed: at its default the option is left out of the
-# validated config (so of run ids, data memo keys and records), and runs that do not use it keep their ids.
-ID_OMIT_DEFAULT = {"id_omit_default": True}
 
 
 def options_dict(options: Any) -> dict:

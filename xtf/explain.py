@@ -350,9 +350,12 @@ def write_inputs(run_dir: Path, rows: list[dict], tokenizer, keeps: list, noisy:
                                    "threshold": None, "thresholds": None, "interval": None,
                                    "histogram": {"counts": counts.tolist(), "edges": edges.tolist()},
                                    "noisy_fraction": None, "note": "online selection, accumulated during training"}
-    masked = [np.asarray(r["response_mask"], bool) & ~np.asarray(k, bool) for r, k in zip(rows, keeps)]
+    most_masked = mask_stats.get("most_masked")  # xtf.summary.most_masked, when the pipeline computed it already
+    if most_masked is None:
+        masked = [np.asarray(r["response_mask"], bool) & ~np.asarray(k, bool) for r, k in zip(rows, keeps)]
+        most_masked = most_common_tokens(rows, masked, tokenizer)
     summary = {**header, "kept_fraction": mask_stats["kept_fraction"], "attributes": summary_attrs,
-               "most_masked": most_common_tokens(rows, masked, tokenizer)}
+               "most_masked": most_masked}
     if "overlaps" in mask_stats:
         summary["overlaps"] = mask_stats["overlaps"]
     if detection:

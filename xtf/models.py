@@ -49,8 +49,9 @@ def resolve_weights(cfg: ModelConfig, cache_dir: str) -> str:
         from xtf.tiny import build_tiny
 
         return str(build_tiny(cfg, cache_dir))
-    gguf_path = cfg.path and (str(cfg.path).endswith(".gguf") or (cfg.gguf_file and Path(cfg.path).is_dir()
-                                                                   and not (Path(cfg.path) / "config.json").is_file()))
+    local = Path(cfg.path).expanduser() if cfg.path else None
+    gguf_path = local is not None and (local.suffix == ".gguf" or (bool(cfg.gguf_file) and local.is_dir()
+                                                                   and not (local / "config.json").is_file()))
     if cfg.package or gguf_path:  # a GGUF file: converted once into a Hugging Face folder in the cache
         from xtf import packaged
 

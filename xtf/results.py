@@ -35,22 +35,25 @@ LIBRARIES = ("torch", "transformers", "peft", "accelerate", "datasets", "tokeniz
 # paths.hub_mirror, the Hub).
 _NOT_IN_RUN_ID = {"paths", "wandb", "experiment", "force", "device"}
 _TRAIN_NOT_IN_RUN_ID = {"save_steps", "save_total_limit", "keep_checkpoints", "logging_steps"}
-# Method sections added after runs existed (ssToken, ProFit, STM, DA): in the id only when changed from their
-# defaults, so earlier runs keep their ids (the method's name already tells the new methods apart).
-_METHOD_ADDED_SECTIONS = ("sstoken", "profit", "stm", "da")
 # Evaluation keys that only the sandboxed code protocol (pass@k) reads: hashed for code tasks only, so adding
 # them left every other run's id unchanged. sandbox.parallel only changes speed: never hashed.
 _CODE_EVAL_KEYS = {"n_samples", "temperature", "top_p", "pass_k", "code_protocol", "sandbox",
                    "UNSAFE_allow_unsandboxed_code"}
 
 
+def _omitted_at_default(cls: type, name: str, value) -> bool:
+    f = next(f for f in dataclasses.fields(cls) if f.name == name)
+    return bool(f.metadata.get("id_omit_default")) and value == f.default
+
+
 def run_id_fields(cfg: RunConfig) -> dict:
     fields = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _NOT_IN_RUN_ID}
     fields["model"] = {k: v for k, v in fields["model"].items() if k != "path"}
     fields["train"] = {k: v for k, v in fields["train"].items() if k not in _TRAIN_NOT_IN_RUN_ID}
-    defaults = dataclasses.asdict(type(cfg.method)(name=cfg.method.name))
+    # Keys added after runs existed (xtf.config.ID_OMIT_DEFAULT, e.g. the ssToken/ProFit/STM/DA sections): in the
+    # id only when changed from their defaults, so earlier runs keep their ids.
     fields["method"] = {k: v for k, v in fields["method"].items()
-                        if not (k in _METHOD_ADDED_SECTIONS and v == defaults[k])}
+                        if not _omitted_at_default(type(cfg.method), k, getattr(cfg.method, k))}
     from xtf import tasks
 
     evaluation = getattr(tasks.TASKS[cfg.task.name], "EVALUATION", "exact_match")

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import math
 import sys
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -31,15 +30,13 @@ def wilson_interval(successes: float, n: int, z: float = 1.96) -> tuple[float, f
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
-def most_masked(rows: list[dict], keeps: list[np.ndarray], tokenizer, k: int = 8) -> list[dict]:
-    """The `k` token strings masked most often among answer tokens: [{token, masked, seen}] (counts)."""
-    masked, seen = Counter(), Counter()
-    for row, keep in zip(rows, keeps):
-        answer = np.asarray(row["response_mask"], dtype=bool)
-        ids = np.asarray(row["input_ids"])
-        seen.update(ids[answer].tolist())
-        masked.update(ids[answer & ~np.asarray(keep, dtype=bool)].tolist())
-    return [{"token": tokenizer.decode([t]), "masked": n, "seen": seen[t]} for t, n in masked.most_common(k)]
+def most_masked(rows: list[dict], keeps: list[np.ndarray], tokenizer, k: int = 15) -> list[list]:
+    """The `k` answer-token strings masked most often (xtf.explain.most_common_tokens' rows: [repr, times masked,
+    share of that token's answer occurrences masked]); stored in the mask statistics, shown by the report too."""
+    from xtf.explain import most_common_tokens
+
+    masked = [np.asarray(r["response_mask"], bool) & ~np.asarray(keep, bool) for r, keep in zip(rows, keeps)]
+    return most_common_tokens(rows, masked, tokenizer, top=k)
 
 
 def accuracy_text(metrics: dict) -> str:
@@ -64,8 +61,8 @@ def summary_lines(record: dict, folder) -> list[str]:
         lines.append(f"kept answer tokens: {kept:.3f} of {mask.get('answer_tokens', tok.get('answer_tokens', '?'))}"
                      + (f"; flagged as noise per attribute: {per_attr}" if per_attr else ""))
     if mask.get("most_masked"):
-        shown = ", ".join(f"{t['token']!r} {t['masked']}/{t['seen']}" for t in mask["most_masked"])
-        lines.append(f"most-masked tokens (masked/seen): {shown}")
+        shown = ", ".join(f"{token} {n} ({share:.0%})" for token, n, share in mask["most_masked"][:8])
+        lines.append(f"most-masked tokens (times masked, share of their occurrences): {shown}")
     lines.append(f"accuracy on {split}: {accuracy_text(m)}")
     if m.get("answer_nll") is not None:
         lines.append(f"reference-answer NLL on {split}: {m['answer_nll']:.4f} nats/token "
