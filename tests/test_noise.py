@@ -79,3 +79,24 @@ def test_tc_self_evolving_rounds(run_overrides):
     r = run(validate(compose([*run_overrides, "model.pretrain_steps=40", "task.options.n_train=48",
                               "task.options.n_test=4", "method=tc", "method.rounds=3", "method.reference_warmup=8"])))
     assert r["mask"]["kept_fraction"] == pytest.approx(0.6, abs=0.01) and "reference" in r["scoring"]["computed"]
+
+
+@pytest.mark.parametrize("task", [["task=synth", "task.options.filler_rate=0.5"],
+                                  ["task=gsm8k", "task.options.noise_filler_rate=0.5"]])
+def test_dev_rows_are_judged_on_their_clean_answers(task):
+    """Noise is injected into training answers; a row carved off for dev (threshold choice) must be evaluated on
+    its clean answer (answer NLL on dev would otherwise reward learning the noise), while the training rows keep
+    their noise, spans and nothing else."""
+    from conftest import require_shared_data
+
+    from xtf.data import select
+
+    paths = [f"paths.data_dir={require_shared_data()}"] if task[0] == "task=gsm8k" else []
+    sel = select(validate(compose([*task, *paths, "data.dev_size=20", "data.limit=40", "eval.split=dev"])))
+    assert any(e.get("noise_spans") for e in sel.train), "the training rows carry the injected noise"
+    assert all("clean_response" not in e for e in sel.train)
+    assert sel.dev and sel.eval == sel.dev[: len(sel.eval)]
+    assert all("noise_spans" not in e and "clean_response" not in e for e in sel.dev)
+    noisy_source = {e["id"]: e for e in select(validate(compose([*task, *paths, "data.limit=100000"]))).train}
+    changed = [e for e in sel.dev if noisy_source.get(e["id"], e)["response"] != e["response"]]
+    assert changed, "some dev rows had noise in the training split, and it is gone"

@@ -96,7 +96,8 @@ def select(cfg) -> Selection:
         raise DataError(f"the training split of task={cfg.task.name} is empty: {task_data.source} has no training "
                         f"example{skipped}")
     train, dev = carve_dev(task_data.splits["train"], cfg.data.dev_size)
-    train = train[: cfg.data.limit]
+    # Injected noise is noise in the TRAINING answers: a row carved off for dev is judged against its clean answer.
+    train, dev = [without_clean_answer(e) for e in train[: cfg.data.limit]], [as_clean(e) for e in dev]
     test = task_data.splits["test"][: cfg.data.eval_limit]
     # Thresholds are chosen on dev (carved from training data); test is reported once, with the chosen values.
     evaluated = dev[: cfg.data.eval_limit] if cfg.eval.split == "dev" else test
@@ -108,6 +109,24 @@ def select(cfg) -> Selection:
     while len(_selections) > 4:
         _selections.popitem(last=False)
     return found
+
+
+def as_clean(example: dict) -> dict:
+    """The example with its clean answer: a task that injects noise into a training example keeps the clean
+    response beside it ("clean_response") and marks the noise ("noise_spans"); a clean example is returned as is."""
+    if "clean_response" not in example:
+        return example
+    clean = {k: v for k, v in example.items() if k not in ("clean_response", "noise_spans")}
+    clean["response"] = example["clean_response"]
+    return clean
+
+
+def without_clean_answer(example: dict) -> dict:
+    """A training example as it is trained on: without the clean response a noisy example carries for dev use (so
+    training rows, their tokenisation and their checksums are those of the noisy answer alone)."""
+    if "clean_response" not in example:
+        return example
+    return {k: v for k, v in example.items() if k != "clean_response"}
 
 
 def duplicates(examples: list[dict]) -> list[str]:

@@ -195,6 +195,7 @@ def convert(row: dict, idx: int, split: str, where: str, opts: Options, checker:
         # The steps are the rationale's lines; "#### N" stays the last line and is never changed.
         tail = [] if opts.target == "rationale" else [f"#### {answer}"]
         pieces = noise.inject(rationale.split("\n"), rates, f"gsm8k-noise-{opts.noise_seed}-{idx}", tail)
+        example["clean_response"] = example["response"]  # a row carved off for dev is judged on this (xtf.data)
         example["response"], example["noise_spans"] = noise.assemble(pieces, prefix=" ", sep="\n")
     return example
 

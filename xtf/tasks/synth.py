@@ -205,6 +205,7 @@ def _draw(rng: random.Random, n: int, opts: Options, taken: set[str], split: str
         example = {"id": f"synth-{split}-{len(out):05d}", "prompt": prob["prompt"],
                    "response": prob["response"], "answer": prob["answer"]}
         if noisy:
+            example["clean_response"] = example["response"]  # a row carved off for dev is judged on this (xtf.data)
             example["response"], example["noise_spans"] = inject_noise(prob["sentences"], opts.seed, len(out),
                                                                        opts)
         out.append(example)
