@@ -5,7 +5,8 @@ side-by-side view of the runs of one experiment folder.
 
 Everything printed comes from the run's record (results.json), so a skipped run prints the same summary.
 Accuracy carries a 95 % Wilson score interval and its n: with a few dozen test examples the interval is wide,
-and saying so is the point.
+and saying so is the point. The kept fraction of an online method (xtf.online) is the one it chose during training,
+labelled as such (`kept_fraction`): its offline mask keeps every answer token, so "kept 1.000" would mislead.
 """
 
 from __future__ import annotations
@@ -39,6 +40,21 @@ def most_masked(rows: list[dict], keeps: list[np.ndarray], tokenizer, k: int = 1
     return most_common_tokens(rows, masked, tokenizer, top=k)
 
 
+def kept_fraction(record: dict) -> tuple[float | None, bool]:
+    """(the share of answer tokens a run trained on, whether an online method chose them during training).
+
+    Offline methods: the mask's kept fraction (mask.kept_fraction, None for a run without a mask). An online
+    method (a `training.online` section, xtf.online: SLM, ssToken, ProFit, DFT) keeps every answer token in its
+    offline mask and selects per batch: its share is training.online.kept_fraction (kept / trainable tokens summed
+    over all optimiser steps; for a loss-weighting rule such as DFT, the mean weight) times the mask's."""
+    offline = (record.get("mask") or {}).get("kept_fraction")
+    online = (record.get("training") or {}).get("online")
+    if online is None:
+        return offline, False
+    chosen = online.get("kept_fraction")
+    return (None if chosen is None else chosen * (1.0 if offline is None else offline)), True
+
+
 def accuracy_text(metrics: dict) -> str:
     acc, n = metrics.get("accuracy"), metrics.get("n_eval")
     if acc is None:
@@ -57,8 +73,18 @@ def summary_lines(record: dict, folder) -> list[str]:
     kept = mask.get("kept_fraction")
     attrs = sorted(k[len("noisy_fraction_"):] for k in mask if k.startswith("noisy_fraction_"))
     per_attr = ", ".join(f"{a} {mask[f'noisy_fraction_{a}']:.3f}" for a in attrs)
-    if kept is not None:
-        lines.append(f"kept answer tokens: {kept:.3f} of {mask.get('answer_tokens', tok.get('answer_tokens', '?'))}"
+    n_answer = mask.get("answer_tokens", tok.get("answer_tokens", "?"))
+    trained, online = kept_fraction(record)
+    if online:
+        books = record["training"]["online"]
+        steps = len(books.get("kept_fraction_per_step") or [])
+        chosen = "n/a" if trained is None else f"{trained:.3f}"
+        offline = "n/a" if kept is None else f"{kept:.3f}"
+        lines.append(f"kept answer tokens, chosen online during training ({books.get('method')}): {chosen} (kept or "
+                     f"loss-weighted share of the trainable tokens over {steps} steps); the offline mask keeps "
+                     f"{offline} of {n_answer}")
+    elif kept is not None:
+        lines.append(f"kept answer tokens: {kept:.3f} of {n_answer}"
                      + (f"; flagged as noise per attribute: {per_attr}" if per_attr else ""))
     if mask.get("most_masked"):
         shown = ", ".join(f"{token} {n} ({share:.0%})" for token, n, share in mask["most_masked"][:8])
@@ -96,16 +122,23 @@ def compare_lines(folder: Path) -> list[str]:
     if not records:
         return [f"no complete runs under {folder}"]
     records.sort(key=lambda r: (r["model"], r["task"], r["method"], r["seed"]))
-    head = f"{'model':<14} {'task':<9} {'method':<12} {'seed':>4} {'kept':>6} {'accuracy [95% CI] (n)':<36} " \
+    head = f"{'model':<14} {'task':<9} {'method':<12} {'seed':>4} {'kept':>7} {'accuracy [95% CI] (n)':<36} " \
            f"{'ref-NLL':>8} {'minutes':>7}"
     out = [head, "-" * len(head)]
+    any_online = False
     for r in records:
         m = r.get("metrics", {})
         nll = m.get("answer_nll")
         minutes = sum((r.get("timings") or {}).values()) / 60
+        kept, online = kept_fraction(r)
+        any_online |= online
+        kept_text = ("—" if kept is None else f"{kept:.3f}") + ("*" if online else " ")
         out.append(f"{r['model']:<14} {r['task']:<9} {r['method']:<12} {r['seed']:>4} "
-                   f"{(r.get('mask') or {}).get('kept_fraction', float('nan')):>6.3f} {accuracy_text(m):<36} "
+                   f"{kept_text:>7} {accuracy_text(m):<36} "
                    f"{(f'{nll:.4f}' if nll is not None else '—'):>8} {minutes:>7.1f}")
+    if any_online:
+        out.append("* kept fraction chosen online during training (training.online.kept_fraction; for a "
+                   "loss-weighting rule, the mean weight): the offline mask keeps every answer token")
     return out
 
 
