@@ -9,7 +9,7 @@ from conftest import ROOT
 
 from xtf.experiment import SpecError, expand, load_experiment, spec_files
 from xtf.results import run_dir
-from xtf.tables import build, paper_values_for, tex_escape, to_markdown, write_tables
+from xtf.tables import build, metric, paper_values_for, tex_escape, to_latex, to_markdown, write_tables
 
 SPEC = """
 name: demo
@@ -169,3 +169,64 @@ def test_committed_specs_and_paper_numbers_load():
     assert {"noise_benchmark", "threshold_sweep", "table1", "table2", "code_passk"} <= names
     text = (ROOT / "experiments" / "paper_numbers.yaml").read_text()
     assert "2602.14536" in text and "transcription:" in text
+
+
+MEAN_RECORDS = {"Normal / 0.001": [0.5, 0.7], "XTF / 0.001": [0.8], "TC_10% / 0.001": [0.2],
+                "Normal / 0.002": [0.4], "XTF / 0.002": [0.9], "TC_10% / 0.002": [0.3, 0.1]}
+
+
+def _records(acc_by_cell, **extra):
+    return {label: [{"metrics": {"accuracy": a}, **extra} for a in accs] for label, accs in acc_by_cell.items()}
+
+
+def test_mean_row_averages_the_shown_cells_and_shows_the_printed_paper_mean(tmp_path):
+    mean = "mean: {{over: rows, label: mean, paper_key: 'mean/{{lr}}/{{value}}'}}"
+    text = SPEC.replace("    kept: {{path: mask.kept_fraction, best: none}}\n", "").replace(
+        "paper: demo", f"paper: demo\n  best: row\n  {mean}")
+    spec = _spec(tmp_path, text)
+    md = to_markdown(build(spec, _records(MEAN_RECORDS), {"mean/0.001/accuracy": 55.0}))
+    # 0.001: (60 + 80 + 20) / 3; 0.002: (40 + 90 + 20) / 3; the better mean is bold, against means only
+    assert _row(md, "mean") == "| mean | **53.3** | 55.0 | 50.0 | — |"
+    assert _row(md, "XTF") == "| XTF | 80.0 (n=1) | — | **90.0 (n=1)** | — |"
+    partial = {k: v for k, v in MEAN_RECORDS.items() if k != "XTF / 0.002"}
+    assert _row(to_markdown(build(spec, _records(partial), None)), "mean") == "| mean | 53.3 | — | — | — |"
+    paper = tmp_path / "paper.yaml"  # a printed mean is a valid paper key of the spec
+    paper.write_text(PAPER.replace('{"XTF/0.001/accuracy": 84.2}', '{"mean/0.001/accuracy": 55.0}'))
+    assert paper_values_for(spec, paper)[0] == {"mean/0.001/accuracy": 55.0}
+
+
+def test_mean_column_skips_excluded_cells_and_bolds_the_best_mean(tmp_path):
+    text = SPEC.replace("    kept: {{path: mask.kept_fraction, best: none}}\n", "").replace(
+        "table:", "exclude: [{{method: TC_10%, lr: '0.001'}}]\ntable:").replace(
+        "paper: demo", "mean: {{over: columns, label: mean}}")
+    spec = _spec(tmp_path, text)
+    sections = build(spec, _records({k: v for k, v in MEAN_RECORDS.items() if k != "TC_10% / 0.001"}), None)
+    md = to_markdown(sections)
+    assert md.splitlines()[0] == "| method | 0.001 | 0.002 | mean |"
+    assert _row(md, "Normal") == "| Normal | 60.0 ± 14.1 | 40.0 (n=1) | 50.0 |"
+    assert _row(md, "XTF") == "| XTF | **80.0 (n=1)** | **90.0 (n=1)** | **85.0** |"
+    assert _row(md, "TC_10%") == "| TC_10% |  | 20.0 ± 14.1 | 20.0 |"   # the excluded cell: blank, not counted
+    tex = to_latex(sections, "demo")
+    assert r"\textbf{85.0}" in tex and "XTF & " in tex
+
+
+def test_online_kept_fraction_is_the_one_chosen_in_training_and_says_so(tmp_path):
+    spec = _spec(tmp_path)
+    offline = {"metrics": {"accuracy": 0.5}, "mask": {"kept_fraction": 0.7}}
+    online = {"metrics": {"accuracy": 0.5}, "mask": {"kept_fraction": 1.0},
+              "training": {"online": {"method": "slm", "kept_fraction": 0.6}}}
+    records = {"Normal / 0.001": [offline], "XTF / 0.001": [online, dict(online, training={"online": {
+        "method": "slm", "kept_fraction": 0.64}})]}
+    md = to_markdown(build(spec, records, None))
+    assert _row(md, "Normal").split(" | ")[3] == "70.0 (n=1)"
+    assert _row(md, "XTF").split(" | ")[3] == "62.0 ± 2.8 (online)"   # never the offline mask's 100.0
+    assert metric(online, "mask.kept_fraction") == pytest.approx(0.6)  # the figures read the same number
+
+
+@pytest.mark.parametrize("mean, expected", [
+    ("{{over: cells}}", "table.mean: expected {over: rows | columns"),
+    ("{{over: rows, colour: red}}", "table.mean.colour: unknown key"),
+    ("{{over: rows, paper_key: '{{method}}/mean'}}", "table.mean.paper_key: unknown field(s) ['method']"),
+])
+def test_mean_spec_errors(tmp_path, mean, expected):
+    assert expected in _bad(tmp_path, SPEC.replace("paper: demo", f"paper: demo\n  mean: {mean}"))

@@ -16,11 +16,23 @@ A spec's `table:` block (checked by `check_table`):
     names: {cell: method}      # display names of coordinates (optional)
     paper: table1              # key in experiments/paper_numbers.yaml → a "paper" sub-column beside ours
     paper_key: "{train}/{method}/{task}/{model}"   # the number's key in that table (default: every coordinate)
+    mean:                      # optional: a last row (over: rows) or column (over: columns) of means
+      over: rows
+      label: Average
+      paper_key: "{task}/Average/{method}"   # the paper's printed mean (fields: the other placements + value)
 
 Each cell is "mean ± std" over its seeds (sample std, ddof=1), "(n=k)" when fewer than the spec's seeds are
 complete, "—" when none is (never 0), blank when the combination is not part of the grid. The best of a group
 is bold (**…** / \\textbf). Paper numbers are shown as printed in the paper (no scaling); a number that could
 not be read from the paper is absent from paper_numbers.yaml and shows "—".
+
+A mean cell is the mean of the shown cell means it spans (the grid's cells only; a blank, excluded combination is
+not counted), "—" until every one of them has a value; its paper sub-column is the paper's printed mean (never
+computed here: the paper's may span other rows). Means compete for bold only with means.
+
+`mask.kept_fraction` is the share of answer tokens a run trained on (xtf.summary.kept_fraction): for an online
+method (xtf.online, which keeps every answer token in its offline mask and selects per batch) it is the kept
+fraction chosen during training, and the cell says "(online)". DERIVED lists such computed record paths.
 
 `plot:` kinds (rendered by xtf.plots, which says how): `bar` (a bar per cell, or grouped: `x` coordinates, a
 colour per `hue` label, a panel per `panels` label), `lines` (x = a coordinate, one panel per `facet` label and
@@ -39,9 +51,11 @@ import numpy as np
 import yaml
 
 from xtf.experiment import PAPER_NUMBERS, ROOT, SpecError, collect, expand
+from xtf.summary import kept_fraction
 
 _TABLE_KEYS = ("rows", "columns", "split", "values", "value", "best", "scale", "digits", "names", "paper",
-               "paper_key")
+               "paper_key", "mean")
+_MEAN_KEYS = ("over", "label", "paper_key")
 _VALUE_KEYS = ("path", "best", "scale", "digits")
 _BEST = ("max", "min", "none")
 _DIRECTIONS = ("column", "row", "none")
@@ -120,7 +134,35 @@ def check_table(path, raw, spec: dict) -> dict:
         _fail(path, "table.paper_key", f"unknown field(s) {sorted(fields - {*spec['coords'], 'value'})}; "
               f"allowed: {spec['coords'] + ['value']}")
     return {"rows": rows, "columns": columns, "split": split, "values": values, "best": direction,
-            "names": {str(k): str(v) for k, v in names.items()}, "paper": paper, "paper_key": str(paper_key)}
+            "names": {str(k): str(v) for k, v in names.items()}, "paper": paper, "paper_key": str(paper_key),
+            "mean": _check_mean(path, raw.get("mean"), rows, columns, split, paper)}
+
+
+def _check_mean(path, raw, rows, columns, split, paper) -> dict | None:
+    """table.mean → {over, label, paper_key or None}; the paper key may name only the coordinates the mean keeps."""
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or raw.get("over") not in ("rows", "columns"):
+        _fail(path, "table.mean", "expected {over: rows | columns, label: <row or column label>, paper_key: ...}")
+    bad = sorted(set(raw) - set(_MEAN_KEYS))
+    if bad:
+        _fail(path, f"table.mean.{bad[0]}", f"unknown key; allowed: {list(_MEAN_KEYS)}")
+    if raw["over"] == "columns" and not columns:
+        _fail(path, "table.mean.over", "a mean over columns needs table.columns")
+    label = raw.get("label", "mean")
+    if not isinstance(label, str) or not label:
+        _fail(path, "table.mean.label", f"expected a non-empty text, got {label!r}")
+    paper_key = raw.get("paper_key")
+    if paper_key is not None:
+        if paper is None:
+            _fail(path, "table.mean.paper_key", "needs table.paper (the paper table the printed means are in)")
+        kept = split + (columns if raw["over"] == "rows" else rows) + ["value"]
+        fields = set(re.findall(r"{([^}]*)}", str(paper_key)))
+        if not fields <= set(kept):
+            _fail(path, "table.mean.paper_key", f"unknown field(s) {sorted(fields - set(kept))}; a mean over "
+                  f"{raw['over']} keeps only {kept}")
+        paper_key = str(paper_key)
+    return {"over": raw["over"], "label": label, "paper_key": paper_key}
 
 
 def check_plot(path, raw, spec: dict) -> dict:
@@ -182,8 +224,15 @@ def check_plot(path, raw, spec: dict) -> dict:
 # ---------------------------------------------------------------------------------------------------------------
 # Values
 
+# Record paths whose table value is computed from the record, not read: path → record → (value, online?).
+DERIVED = {"mask.kept_fraction": kept_fraction}
+
+
 def metric(record: dict, path: str):
-    """A value from a record by dotted path (e.g. "metrics.accuracy", "detection.filler.mask.f1"); None if absent."""
+    """A value from a record by dotted path (e.g. "metrics.accuracy", "detection.filler.mask.f1"), or DERIVED's;
+    None if absent."""
+    if path in DERIVED:
+        return DERIVED[path](record)[0]
     value = record
     for part in path.split("."):
         if not isinstance(value, dict) or part not in value:
@@ -233,20 +282,35 @@ def build(spec: dict, records: dict[str, list[dict]], paper_values: dict | None)
         in_split = [lb for lb in spec["cells"] if tuple(spec["points"][lb][c] for c in t["split"]) == skey]
         row_keys = _ordered(spec, t["rows"], in_split)
         col_keys = _ordered(spec, t["columns"], in_split)
+        mean = t["mean"]
+        sources = ("ours", "paper") if t["paper"] else ("ours",)
         columns = []
-        for ck in col_keys:
+        for ck in [*col_keys, *([None] if mean and mean["over"] == "columns" else [])]:
             for v in values:
-                for source in ("ours", "paper") if t["paper"] else ("ours",):
-                    levels = list(ck) + ([v["name"]] if show_value else []) + ([source] if t["paper"] else [])
-                    columns.append({"levels": levels, "key": ck, "value": v, "source": source})
+                for source in sources:
+                    head = list(ck) if ck else [mean["label"]] + [""] * (len(t["columns"]) - 1)
+                    levels = head + ([v["name"]] if show_value else []) + ([source] if t["paper"] else [])
+                    columns.append({"levels": levels, "key": ck or (mean["label"],), "value": v, "source": source,
+                                    "mean": ck is None})
         rows = []
         for rk in row_keys:
             cells = []
             for col in columns:
-                point = dict(zip(t["split"], skey)) | dict(zip(t["rows"], rk)) | dict(zip(t["columns"], col["key"]))
+                point = dict(zip(t["split"], skey)) | dict(zip(t["rows"], rk))
+                if col["mean"]:  # the mean of this row's cells of the same value and source
+                    spanned = [c for other, c in zip(columns, cells) if not other["mean"]
+                               and (other["value"]["name"], other["source"]) == (col["value"]["name"], col["source"])]
+                    cells.append(_mean_cell(spanned, point, col, paper_values, mean))
+                    continue
+                point |= dict(zip(t["columns"], col["key"]))
                 label = by_point.get(tuple(point[c] for c in spec["coords"]))
                 cells.append(_cell(label, point, col, records, paper_values, t, n_seeds))
             rows.append({"labels": list(rk), "cells": cells})
+        if mean and mean["over"] == "rows":
+            point = dict(zip(t["split"], skey))
+            cells = [_mean_cell([r["cells"][i] for r in rows], point | dict(zip(t["columns"], col["key"])), col,
+                                paper_values, mean) for i, col in enumerate(columns)]
+            rows.append({"labels": [mean["label"]] + [""] * (len(t["rows"]) - 1), "cells": cells, "mean": True})
         _bold(rows, columns, t)
         title = ", ".join(f"{t['names'].get(c, c)} = {x}" for c, x in zip(t["split"], skey)) or None
         sections.append({"title": title, "row_coords": [t["names"].get(c, c) for c in t["rows"]],
@@ -262,13 +326,30 @@ def _cell(label, point, col, records, paper_values, t, n_seeds) -> dict:
         key = t["paper_key"].format(**point, value=v["name"])
         num = (paper_values or {}).get(key)
         return {"mean": None if num is None else f"{num:.{v['digits']}f}", "std": None, "n": None}
-    s = summarise([metric(r, v["path"]) for r in records.get(label, [])])
+    runs = records.get(label, [])
+    s = summarise([metric(r, v["path"]) for r in runs])
     if s is None:
         return {"mean": None, "std": None, "n": None}
     mean, std, n = s
+    online = v["path"] in DERIVED and any(DERIVED[v["path"]](r)[1] for r in runs)
     return {"mean": f"{mean * v['scale']:.{v['digits']}f}",
             "std": None if std is None else f"{std * v['scale']:.{v['digits']}f}",
-            "n": n if n < n_seeds else None, "value": mean * v["scale"]}
+            "n": n if n < n_seeds else None, "value": mean * v["scale"], "online": online}
+
+
+def _mean_cell(spanned: list[dict], point: dict, col: dict, paper_values, mean: dict) -> dict:
+    """The mean of the spanned cells' shown means (grid cells only; "—" until all have one), or for the paper
+    sub-column the paper's printed mean (mean.paper_key)."""
+    v = col["value"]
+    if col["source"] == "paper":
+        key = mean["paper_key"].format(**point, value=v["name"]) if mean["paper_key"] else None
+        num = (paper_values or {}).get(key)
+        return {"mean": None if num is None else f"{num:.{v['digits']}f}", "std": None, "n": None, "is_mean": True}
+    present = [c for c in spanned if not c.get("absent")]
+    if not present or any("value" not in c for c in present):
+        return {"mean": None, "std": None, "n": None, "is_mean": True}
+    m = float(np.mean([c["value"] for c in present]))
+    return {"mean": f"{m:.{v['digits']}f}", "std": None, "n": None, "value": m, "is_mean": True}
 
 
 def _bold(rows, columns, t) -> None:
@@ -285,6 +366,7 @@ def _bold(rows, columns, t) -> None:
                 gkey = (tuple(rk["labels"][:-1]), tuple(col["key"]), col["value"]["name"])
             else:
                 gkey = (tuple(rk["labels"]), col["value"]["name"])
+            gkey += (bool(cell.get("is_mean")),)  # a mean competes only with means
             groups.setdefault(gkey, []).append((col["value"], cell))
     for members in groups.values():
         if len(members) < 2:
@@ -309,6 +391,8 @@ def _text(cell: dict, tex: bool) -> str:
     text = cell["mean"] + ("" if cell["std"] is None else pm + cell["std"])
     if cell["n"] is not None:
         text += f" (n={cell['n']})"
+    if cell.get("online"):
+        text += " (online)"
     if cell.get("bold"):
         text = f"\\textbf{{{text}}}" if tex else f"**{text}**"
     return text
@@ -330,7 +414,8 @@ def to_markdown(sections: list[dict]) -> str:
     for s in sections:
         if s["title"]:
             parts.append(f"### {s['title']}\n")
-        head = [x.replace("|", "\\|") for x in s["row_coords"] + [" / ".join(c["levels"]) for c in s["columns"]]]
+        head = [x.replace("|", "\\|") for x in s["row_coords"]
+                + [" / ".join(x for x in c["levels"] if x) for c in s["columns"]]]
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(s["row_coords"]) + "---:|" * len(s["columns"])]
         for labels, r in zip(_row_labels(s["rows"]), s["rows"]):
             lines.append("| " + " | ".join([x.replace("|", "\\|") for x in labels]
@@ -367,14 +452,14 @@ def to_latex(sections: list[dict], name: str) -> str:
                     j += 1
                 label = tex_escape(cols[i]["levels"][level])
                 cells.append(label if j == i else f"\\multicolumn{{{j - i + 1}}}{{c}}{{{label}}}")
-                if j > i and level < depth - 1:
+                if j > i and level < depth - 1 and label:
                     rules.append(f"\\cmidrule(lr){{{nr + i + 1}-{nr + j + 1}}}")
                 i = j + 1
             lines.append(" & ".join(cells) + " \\\\" + (" " + " ".join(rules) if rules else ""))
         lines.append("\\midrule")
         last_group = None
         for labels, r in zip(_row_labels(s["rows"]), s["rows"]):
-            group = r["labels"][:-1]
+            group = None if r.get("mean") else r["labels"][:-1]  # a mean row is set apart
             if last_group is not None and group != last_group:
                 lines.append("\\midrule")
             last_group = group
@@ -400,6 +485,9 @@ def paper_values_for(spec: dict, paper_numbers: Path = PAPER_NUMBERS) -> tuple[d
     values = entry.get("values") or {}
     t = spec["table"]
     valid = {t["paper_key"].format(**p, value=v["name"]) for p in spec["points"].values() for v in t["values"]}
+    if t["mean"] and t["mean"]["paper_key"]:  # the paper's printed means: the key drops the averaged coordinates
+        valid |= {t["mean"]["paper_key"].format(**p, value=v["name"]) for p in spec["points"].values()
+                  for v in t["values"]}
     stray = sorted(set(values) - valid)
     if stray:
         raise SpecError(f"{paper_numbers}: tables.{key}.values: {stray[0]!r} matches no cell of {spec['path']} "
