@@ -228,6 +228,12 @@ class EvalConfig:
     sandbox: SandboxConfig = SandboxConfig()
     # Runs model-written code directly on this machine when bubblewrap is missing. Dangerous; off by default.
     UNSAFE_allow_unsandboxed_code: bool = False
+    # Generation speed (xtf.evaluate.token_budget_batches; README "Evaluation speed"). batch_tokens > 0: batches
+    # cut by a token budget (sequences x (longest prompt + max_new_tokens)) instead of batch_size prompts; greedy
+    # outputs are the same either way, so it is never in a greedy task's run id. backend=vllm: lm-eval's vLLM model
+    # (a CUDA GPU and `pip install vllm`; lm-eval tasks only), checked by xtf.lmeval.check_backend.
+    batch_tokens: int = field(default=0, metadata=ID_OMIT_DEFAULT)
+    backend: Literal["hf", "vllm"] = field(default="hf", metadata=ID_OMIT_DEFAULT)
 
 
 @dataclass(frozen=True)
@@ -247,6 +253,23 @@ class WandbConfig:
 
 
 @dataclass(frozen=True)
+class DistConfig:
+    """How a run is spread over processes (xtf/distributed.py; conf/dist/). Launcher-like, as `cluster` is: never
+    in the run id (the world size and the strategy used are recorded in the record's provenance). The global
+    batch (train.batch_size x train.grad_accum), the LR schedule and the data order are the same for any world
+    size; only the split into per-device batch x accumulation steps changes."""
+    # none: one process, or DDP when launched with WORLD_SIZE > 1 (torchrun, srun): every rank holds the whole
+    # model. ddp: data parallel (LoRA). fsdp: FSDP2 through accelerate (full fine-tuning of 7-14B models).
+    # deepspeed: ZeRO through accelerate (needs the deepspeed package).
+    strategy: Literal["none", "ddp", "fsdp", "deepspeed"] = "none"
+    activation_checkpointing: bool = False  # recompute activations in backward (FSDP's own under fsdp)
+    mixed_precision: Optional[Literal["bf16", "fp16"]] = None  # None: bf16 on GPU when model.dtype=bfloat16
+    fsdp_offload: bool = False         # fsdp: parameters, gradients and optimizer state in CPU memory
+    zero_stage: int = 3                # deepspeed: ZeRO stage (1, 2 or 3)
+    timeout_min: int = 120             # collectives (and ranks waiting for rank 0 to fill a cache) fail after this
+
+
+@dataclass(frozen=True)
 class RunConfig:
     model: ModelConfig
     task: TaskConfig
@@ -256,6 +279,7 @@ class RunConfig:
     eval: EvalConfig = EvalConfig()
     paths: PathsConfig = PathsConfig()
     wandb: WandbConfig = WandbConfig()
+    dist: DistConfig = DistConfig()    # launcher-like: not in the run id (xtf.results)
     experiment: str = "default"
     seed: int = 0
     force: bool = False                # rerun even if results.json is complete
@@ -315,7 +339,10 @@ _RANGES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "train.max_grad_norm": (lambda v: v >= 0, ">= 0 (0 turns clipping off)"),
     "train.lr_scheduler": (lambda v: v in LR_SCHEDULERS, f"one of {list(LR_SCHEDULERS)}"),
     "eval.batch_size": (lambda v: v >= 1, ">= 1"),
+    "dist.zero_stage": (lambda v: v in (1, 2, 3), "1, 2 or 3"),
+    "dist.timeout_min": (lambda v: v >= 1, ">= 1"),
     "eval.max_new_tokens": (lambda v: v >= 1, ">= 1"),
+    "eval.batch_tokens": (lambda v: v >= 0, ">= 0 (0: batches of eval.batch_size prompts)"),
     "eval.n_samples": (lambda v: v >= 1, ">= 1"),
     "eval.temperature": (lambda v: v >= 0, ">= 0"),
     "eval.top_p": (lambda v: 0 < v <= 1, "in (0, 1]"),
@@ -462,6 +489,10 @@ def validate(cfg: Any) -> RunConfig:
         if run.eval.enabled and run.eval.code_protocol == "sampled" and run.eval.temperature == 0:
             raise ConfigError("eval.temperature=0 makes the n samples identical, so pass@k>1 means nothing; use a "
                               "temperature > 0 (default 0.8); the greedy pass@1 is reported anyway")
+    if run.eval.enabled and run.eval.backend != "hf":
+        from xtf.lmeval import check_backend
+
+        check_backend(run.eval.backend, evaluation, run.task.name, run.device)
     if run.method.name not in masking.METHODS:
         raise ConfigError(f"method.name={run.method.name!r} is unknown; choose one of {sorted(masking.METHODS)}")
     if run.method.finetune != (run.method.name != "none"):

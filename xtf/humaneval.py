@@ -25,12 +25,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from xtf import sandbox
+from xtf import distributed, sandbox
 from xtf.config import ConfigError
 from xtf.tasks import code
 
-HUMANEVAL_VERSION = 2  # bump when generation, program building or scoring changes
-                       # (2: an early exit(0) fails; sandbox v2)
+HUMANEVAL_VERSION = 3  # bump when generation, program building or scoring changes
+                       # (2: an early exit(0) fails; sandbox v2. 3: rows stop at a stop sequence: the same greedy
+                       # completions, and samples from a shifted random stream after the first batch)
 
 
 def build_program(example: dict, completion: str) -> str:
@@ -118,16 +119,21 @@ def evaluate_code(model, tokenizer, examples: list[dict], eval_cfg, chat_templat
     sandbox_info = sandbox.describe(eval_cfg.sandbox, eval_cfg.UNSAFE_allow_unsandboxed_code)
     prompts = [ex["prompt"] for ex in examples]
     common = dict(chat_template=chat_template, batch_size=eval_cfg.batch_size,
-                  max_new_tokens=eval_cfg.max_new_tokens)
-    greedy_raw = [g[0] for g in generate_many(model, tokenizer, prompts, desc="humaneval greedy", **common)]
-    if released:
+                  max_new_tokens=eval_cfg.max_new_tokens, batch_tokens=eval_cfg.batch_tokens)
+    # A row stops once it has written a stop sequence: extract_completion cuts there anyway (HUMANEVAL_VERSION 3).
+    greedy_raw = [g[0] for g in generate_many(model, tokenizer, prompts, desc="humaneval greedy",
+                                              stop=code.STOP_SEQUENCES, **common)]
+    if released:  # beams are ranked on whole sequences: no early stop
         raw = generate_many(model, tokenizer, prompts, n=n, num_beams=n, desc="humaneval beams", **common)
     else:
-        # eval.batch_size prompts per call, each expanded to n sequences (conf/task/code.yaml keeps it small).
+        # eval.batch_size prompts per call (or eval.batch_tokens), each expanded to n sequences.
         raw = generate_many(model, tokenizer, prompts, n=n, do_sample=True, temperature=eval_cfg.temperature,
-                            top_p=eval_cfg.top_p, seed=seed, desc="humaneval samples", **common)
+                            top_p=eval_cfg.top_p, seed=seed, desc="humaneval samples", stop=code.STOP_SEQUENCES,
+                            **common)
     greedy = [code.extract_completion(t) for t in greedy_raw]
     samples = [[code.extract_completion(t) for t in texts] for texts in raw]
+    if not distributed.is_main():  # a distributed run executes the completions once: in rank 0's sandbox workers
+        return {}, [], {"name": "humaneval_pass_at_k", "executed_by": "rank 0"}
     metrics, predictions = score_completions(examples, samples, greedy, eval_cfg.sandbox, eval_cfg.pass_k,
                                              unsafe=eval_cfg.UNSAFE_allow_unsandboxed_code,
                                              protocol=eval_cfg.code_protocol)

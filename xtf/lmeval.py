@@ -29,6 +29,7 @@ import random
 import shutil
 from pathlib import Path
 
+from xtf import distributed
 from xtf.cache import sha256_file
 
 EVAL_DIR = Path(__file__).resolve().parents[1] / "eval"  # the versioned task YAMLs
@@ -169,6 +170,8 @@ def run_tasks(lm, task_module, examples: list[dict], eval_cfg, chat_template: bo
         # `datasets` keys its parsed-JSONL cache by path and mtime: never let a later run in this folder reuse it.
         shutil.rmtree(tasks_dir.parent / "hf_datasets", ignore_errors=True)
 
+    if out is None:  # another rank of lm-eval's data-parallel mode: the results were gathered on rank 0
+        return {}, [], {"name": "lm_eval", "gathered_on": "rank 0"}
     metrics = {key: float(out["results"][task][metric]) for key, (task, metric) in metric_map.items()}
     metrics["accuracy"] = metrics[next(iter(metric_map))]  # the primary metric: the first of LM_EVAL_METRICS
     metrics["n_eval"] = len(examples)
@@ -235,12 +238,13 @@ class _DropKnownWarnings(logging.Filter):
         return not str(record.msg).startswith(_KNOWN_HFLM_WARNINGS)
 
 
-def make_lm(model, tokenizer, batch_size: int):
+def make_lm(model, tokenizer, batch_size: int, batch_tokens: int = 0):
     """lm-eval's HFLM around the in-memory model (no reload, no copy; its dtype and device are kept), with a
-    progress bar per batch (`_BatchProgress`)."""
+    progress bar per batch (`_BatchProgress`), rows that stop on their own stop string (`_FastGeneration`) and,
+    with batch_tokens > 0, generation batches cut by a token budget instead of `batch_size` rows."""
     from lm_eval.models.huggingface import HFLM
 
-    class BatchProgressHFLM(_BatchProgress, HFLM):
+    class BatchProgressHFLM(_BatchProgress, _FastGeneration, HFLM):
         pass
 
     # Generation pads on the left (HFLM.tok_batch_encode sets padding_side="left" per batch and restores it);
@@ -249,9 +253,63 @@ def make_lm(model, tokenizer, batch_size: int):
     hf_log, drop = logging.getLogger("lm_eval.models.huggingface"), _DropKnownWarnings()
     hf_log.addFilter(drop)
     try:
-        return BatchProgressHFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+        lm = BatchProgressHFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
     finally:
         hf_log.removeFilter(drop)
+    lm.batch_tokens = batch_tokens
+    return distributed.lm_eval_data_parallel(lm)  # a distributed run: lm-eval's own data-parallel mode
+
+
+class _FastGeneration:
+    """Two speed-ups of HFLM's generation that leave every greedy generation as it was (tests/test_eval_speed.py):
+
+    - per-row stop (xtf.evaluate.StopOnStrings) in place of lm-eval's MultiTokenEOSCriteria, which ends a batch
+      only when every row has met the same stop string: a batch whose rows end on "\n\n" and on "Question:"
+      (or one row that never stops) generated max_gen_toks for all of them;
+    - batch_tokens > 0: requests sorted by prompt length and cut into batches by a token budget
+      (xtf.evaluate.token_budget_batches), each run by HFLM.generate_until as one batch: short prompts go many
+      to a batch, long ones few, instead of a fixed row count sized for the longest."""
+
+    batch_tokens = 0
+
+    def generate_until(self, requests, disable_tqdm: bool = False):
+        if self.batch_tokens <= 0 or not requests:
+            return super().generate_until(requests, disable_tqdm=disable_tqdm)
+        from lm_eval.models.utils import normalize_gen_kwargs
+
+        from xtf.evaluate import token_budget_batches
+
+        lengths = [len(self.tok_encode(r.args[0])) for r in requests]
+        new_tokens = max(normalize_gen_kwargs(dict(r.args[1]), self.max_gen_toks)["max_gen_toks"] for r in requests)
+        out: list = [None] * len(requests)
+        rows = self.batch_size_per_gpu
+        try:
+            for idx in token_budget_batches(lengths, rows, self.batch_tokens, new_tokens):
+                self.batch_size_per_gpu = len(idx)  # HFLM batches by row count: one batch of exactly these
+                for i, text in zip(idx, super().generate_until([requests[i] for i in idx], disable_tqdm=True)):
+                    out[i] = text
+        finally:
+            self.batch_size_per_gpu = rows
+        return out
+
+    def _model_generate(self, context, max_length: int, stop: list[str], **generation_kwargs):
+        """HFLM._model_generate (lm-eval 0.4) with a per-row stopping criterion."""
+        import torch
+        from transformers import StoppingCriteriaList
+
+        from xtf.evaluate import StopOnStrings
+
+        generation_kwargs["temperature"] = generation_kwargs.get("temperature", 0.0)
+        do_sample = generation_kwargs.get("do_sample")
+        if (temp := generation_kwargs.get("temperature")) == 0.0 and do_sample is None:
+            generation_kwargs["do_sample"] = do_sample = False
+        if do_sample is False and temp == 0.0:
+            generation_kwargs.pop("temperature", None)
+        criteria = StoppingCriteriaList([StopOnStrings(self.tokenizer, stop, context.shape[1], context.shape[0])])
+        with torch.autocast(device_type=self.device.type, dtype=self.mixed_precision_dtype,
+                            enabled=self.mixed_precision_dtype is not None):
+            return self.model.generate(input_ids=context, max_length=max_length, stopping_criteria=criteria,
+                                       pad_token_id=self.tokenizer.pad_token_id, use_cache=True, **generation_kwargs)
 
 
 class _BatchProgress:
@@ -291,8 +349,67 @@ class _BatchProgress:
         return out
 
 
+VLLM_INSTALL = "pip install vllm"
+
+
+def check_backend(backend: str, evaluation: str, task_name: str, device: str = "auto") -> None:
+    """eval.backend=vllm needs an lm-eval task, the vllm package and a CUDA GPU; fail naming what is missing
+    (before any work: xtf.config.validate calls this)."""
+    import importlib.util
+
+    from xtf.config import ConfigError
+
+    if backend == "hf":
+        return
+    if evaluation != "lm_eval":
+        raise ConfigError(f"eval.backend={backend} runs lm-eval tasks only (gsm8k, medqa, pubmedqa); task={task_name} "
+                          f"is evaluated by xtf itself ({evaluation}): use eval.backend=hf")
+    missing = []
+    if importlib.util.find_spec("vllm") is None:
+        missing.append(f"the vllm package is not installed ({VLLM_INSTALL}, in this environment)")
+    import torch
+
+    if not torch.cuda.is_available() or device in ("cpu", "mps"):
+        missing.append("vLLM needs a CUDA GPU and " + ("device=" + device + " was asked" if device in ("cpu", "mps")
+                                                       else "none is visible here (torch.cuda.is_available() is "
+                                                            "False)"))
+    if missing:
+        raise ConfigError(f"eval.backend={backend} cannot run here: " + "; ".join(missing)
+                          + ". Use eval.backend=hf (the default) on this machine.")
+
+
+def make_vllm_lm(model, tokenizer, work_dir: str | Path, seed: int):
+    """lm-eval's vLLM model over the in-memory model: its weights are written to <work_dir>/vllm_model (a LoRA
+    adapter merged in for the write and taken out again) and the HF copy moves to the CPU while vLLM holds the GPU
+    (evaluate_lm_eval moves it back)."""
+    from lm_eval.models.vllm_causallms import VLLM
+
+    folder = Path(work_dir).resolve() / "vllm_model"
+    merged = hasattr(model, "merge_adapter")  # a PEFT model: write base + adapter as one set of weights
+    if merged:
+        model.merge_adapter()
+    try:
+        base = model.get_base_model() if merged else model
+        base.save_pretrained(folder, safe_serialization=True)
+        tokenizer.save_pretrained(folder)
+    finally:
+        if merged:
+            model.unmerge_adapter()
+    model.to("cpu")
+    return VLLM(pretrained=str(folder), dtype="auto", seed=seed, max_model_len=None)
+
+
 def evaluate_lm_eval(model, tokenizer, task_module, examples: list[dict], eval_cfg, chat_template: bool,
                      work_dir: str | Path, seed: int) -> tuple[dict, list[dict], dict]:
-    """(metrics, predictions, protocol) of `examples` under the task's lm-eval protocol."""
-    lm = make_lm(model, tokenizer, eval_cfg.batch_size)
+    """(metrics, predictions, protocol) of `examples` under the task's lm-eval protocol, on eval.backend."""
+    if getattr(eval_cfg, "backend", "hf") == "vllm":
+        device = next(model.parameters()).device
+        try:
+            lm = make_vllm_lm(model, tokenizer, work_dir, seed)
+            metrics, predictions, protocol = run_tasks(lm, task_module, examples, eval_cfg, chat_template,
+                                                       work_dir, seed)
+        finally:
+            model.to(device)
+        return metrics, predictions, {**protocol, "backend": "vllm"}
+    lm = make_lm(model, tokenizer, eval_cfg.batch_size, eval_cfg.batch_tokens)
     return run_tasks(lm, task_module, examples, eval_cfg, chat_template, work_dir, seed)

@@ -1,6 +1,8 @@
 """One run, top to bottom: load → tokenize → score → mask → fine-tune → evaluate → explain → record.
 
     python run.py model=tiny task=synth method=normal       (run.py validates the config and calls run())
+    torchrun --nproc_per_node=2 run.py dist=ddp ...        (every rank runs this function; xtf/distributed.py:
+                                                            shared scoring, training and generation; rank 0 writes)
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import shutil
 
 import torch
 
-from xtf import augment, data, explain, masking, models, online, results, sandbox, scoring, tasks
+from xtf import augment, data, distributed, explain, masking, models, online, results, sandbox, scoring, tasks
 from xtf.config import RunConfig, check_model_fit
 from xtf.evaluate import EVAL_VERSION, evaluate
 from xtf.masking import MASK_VERSION
@@ -24,6 +26,17 @@ log = logging.getLogger(__name__)
 def run(cfg: RunConfig) -> dict:
     """Run one experiment cell and return its record (the content of results.json)."""
     results.check_writable(cfg)  # first: a read-only results folder fails now, not after training
+    distributed.start(cfg.dist, cfg.device, cfg.train)  # one process: nothing; torchrun / SLURM tasks: join
+    try:
+        record = _run(cfg)
+    except BaseException:
+        distributed.finish(clean=False)  # no barrier: the other ranks may have failed too (torchrun ends them)
+        raise
+    distributed.finish()
+    return record
+
+
+def _run(cfg: RunConfig) -> dict:
     timer = results.Timer()
     task = tasks.TASKS[cfg.task.name]
     if cfg.eval.enabled and getattr(task, "EVALUATION", None) == "pass_at_k":
@@ -32,30 +45,35 @@ def run(cfg: RunConfig) -> dict:
     with timer("load_data"):  # bad rows, an empty split, a missing data folder or an unreachable Hub fail here
         used = data.select(cfg)
         train_examples, eval_examples = used.train, used.eval
-    with timer("resolve_model"):  # missing real weights fail here, within seconds
+    with timer("resolve_model"), distributed.main_first():  # missing real weights fail here, within seconds
         weights = models.resolve_weights(cfg.model, cfg.paths.cache_dir)
     check_model_fit(cfg, weights)  # e.g. method.ri.layers against the model's layer count, before any scoring
     # The run id holds the weights and the rows used by content (results.content_identity, computed from the two
     # loads above): other weights or another data folder make another run, never "already complete".
     folder = results.run_dir(cfg)
     existing = results.load_record(folder)
+    main = distributed.is_main()  # rank 0 (or the only process): the one that writes and prints
     if existing and not cfg.force:
-        print(f"[xtf] already complete, skipping (force=true reruns): {folder}")
-        print_summary(existing, folder)
+        if main:
+            print(f"[xtf] already complete, skipping (force=true reruns): {folder}")
+            print_summary(existing, folder)
         return existing
-    device = models.pick_device(cfg.device)
+    device = distributed.device(cfg.device)  # cuda:LOCAL_RANK on a multi-GPU run
     with results.wandb_mirror(cfg, folder.name) as wandb_run:
         tokenizer = models.load_tokenizer(weights)
-        with timer("augment"):  # a method that adds training examples (DA) does it here; others: unchanged, None
+        # Cached artifacts every rank needs are built by rank 0, then read by the others (main_first).
+        with timer("augment"), distributed.main_first():  # DA adds training examples here; others: unchanged, None
             train_examples, augmentation = augment.augment(cfg, task, train_examples, device)
-        with timer("tokenize"):
+        with timer("tokenize"), distributed.main_first():
             rows, token_stats = data.tokenize_cached(
                 tokenizer, train_examples, cfg.data.max_len, cfg.data.truncation, cfg.model.chat_template,
                 cfg.paths.cache_dir, split="train")
         with timer("load_model"):
             torch.manual_seed(cfg.seed)
             model = models.load_model(cfg.model, weights, device)
-        with timer("score"):  # from the cache when any earlier run scored the same tokens with the same model
+        # From the cache when any earlier run scored the same tokens with the same model; else each rank scores its
+        # share of the rows and rank 0 writes the merged scores (xtf.scoring.cached_scores).
+        with timer("score"), distributed.collective():
             scores, scoring_info = scoring.compute_scores(
                 masking.scores_needed(cfg.method), cfg, model, tokenizer, rows, weights, token_stats["cache_key"],
                 task.EXPERT_WORDS, results.outputs_dir(cfg))
@@ -86,12 +104,16 @@ def run(cfg: RunConfig) -> dict:
                 model, train_info = finetune(
                     model, tokenizer, [rows[i] for i in trainable], [keeps[i] for i in trainable], cfg.train,
                     cfg.model, cfg.method.epochs_factor, cfg.seed, results.outputs_dir(cfg), wandb_run, selector)
-        with timer("evaluate"):
+            model = distributed.gathered_model(model, device)  # FSDP: every weight back on each rank, to evaluate
+        # Every rank evaluates in lockstep; greedy generation and answer NLL are shared out; only rank 0's
+        # metrics are recorded (each rank has its own work folder: lm-eval writes its task files there).
+        with timer("evaluate"), distributed.collective():
             if not cfg.eval.enabled:
                 metrics, predictions, protocol = {}, [], {"name": "disabled"}
             else:
                 metrics, predictions, protocol = evaluate(
-                    model, tokenizer, task, eval_examples, cfg, results.outputs_dir(cfg) / "eval")
+                    model, tokenizer, task, eval_examples, cfg,
+                    results.outputs_dir(cfg) / ("eval" if main else f"eval-rank{distributed.runtime().rank}"))
         record = {
             "status": "complete",
             "schema": results.RESULTS_SCHEMA,
@@ -116,6 +138,8 @@ def run(cfg: RunConfig) -> dict:
             "provenance": results.provenance(str(device)),
             "timings": timer.seconds,
         }
+        if not main:  # rank 0 alone writes the run's files, W&B included
+            return record
         results.write_predictions(folder, predictions)
         with timer("explain"):
             explain.write_inputs(folder, rows, tokenizer, keeps, noisy, scores, mask_stats,

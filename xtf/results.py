@@ -21,7 +21,7 @@ import time
 from importlib import metadata
 from pathlib import Path
 
-from xtf import __version__
+from xtf import __version__, distributed
 from xtf.cache import atomic_write_text, key_of
 from xtf.config import RunConfig
 
@@ -32,13 +32,16 @@ LIBRARIES = ("torch", "transformers", "peft", "accelerate", "datasets", "tokeniz
 # Fields that do not change a run's result: where files go, how it is logged, whether to rerun, and which
 # local folder the same weights are read from. What those folders *hold* does change it, and enters the id by
 # content (`content_identity`): the weights (model.path, the Hub cache) and the rows read (paths.data_dir,
-# paths.hub_mirror, the Hub).
-_NOT_IN_RUN_ID = {"paths", "wandb", "experiment", "force", "device"}
+# paths.hub_mirror, the Hub). How a run is spread over processes (`dist`) is recorded in its provenance instead.
+_NOT_IN_RUN_ID = {"paths", "wandb", "experiment", "force", "device", "dist"}
 _TRAIN_NOT_IN_RUN_ID = {"save_steps", "save_total_limit", "keep_checkpoints", "logging_steps"}
 # Evaluation keys that only the sandboxed code protocol (pass@k) reads: hashed for code tasks only, so adding
 # them left every other run's id unchanged. sandbox.parallel only changes speed: never hashed.
 _CODE_EVAL_KEYS = {"n_samples", "temperature", "top_p", "pass_k", "code_protocol", "sandbox",
                    "UNSAFE_allow_unsandboxed_code"}
+
+
+_EVAL_FIELDS = ("batch_tokens", "backend")
 
 
 def _omitted_at_default(cls: type, name: str, value) -> bool:
@@ -62,6 +65,11 @@ def run_id_fields(cfg: RunConfig) -> dict:
         ev = {k: v for k, v in ev.items() if k not in _CODE_EVAL_KEYS}
     elif "sandbox" in ev:
         ev["sandbox"] = {k: v for k, v in ev["sandbox"].items() if k != "parallel"}
+    # Keys added after runs existed (eval.batch_tokens, eval.backend): in the id only when changed. batch_tokens
+    # changes only the speed of greedy decoding (tests/test_eval_speed.py): hashed for sampled (code) tasks only.
+    ev = {k: v for k, v in ev.items() if k not in _EVAL_FIELDS or not (
+        _omitted_at_default(type(cfg.eval), k, getattr(cfg.eval, k))
+        or (k == "batch_tokens" and evaluation != "pass_at_k"))}
     if ev.get("split") == "test":  # the default, and the only split before eval.split existed
         del ev["split"]
     fields["eval"] = ev
@@ -177,6 +185,7 @@ def provenance(device: str) -> dict:
         "libraries": versions,
         "argv": sys.argv,
         "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+        "distributed": distributed.describe(),  # world size, strategy, per-device batch (xtf.distributed)
     }
 
 
@@ -219,8 +228,9 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 @contextlib.contextmanager
 def wandb_mirror(cfg: RunConfig, rid: str):
     """A W&B run mirroring this record (mode offline by default, so nothing waits for a login), grouped and
-    tagged by experiment, model, task and method. Always finished, even on error; yields None when disabled."""
-    if cfg.wandb.mode == "disabled":
+    tagged by experiment, model, task and method. Always finished, even on error; yields None when disabled, and on
+    every rank but rank 0 of a distributed run (one W&B run per cell)."""
+    if cfg.wandb.mode == "disabled" or not distributed.is_main():
         yield None
         return
     import wandb

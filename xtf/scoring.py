@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from xtf import cache
+from xtf import cache, distributed
 from xtf.train import token_nll
 
 log = logging.getLogger(__name__)
@@ -173,7 +173,9 @@ def forward_scores(model, rows: list[dict], pad_id: int, batch_size: int, ri_def
     if ri_definition:
         out["ri"] = [None] * len(rows)
     backbone, head = model.get_decoder(), model.get_output_embeddings()
-    for idx in tqdm(list(_batches(rows, batch_size)), desc=desc, unit="batch"):
+    # Inside distributed.collective(): this rank's share of the batches (whole batches, the same as one process
+    # forms them, so each row's scores are computed exactly as one process computes them), merged below.
+    for idx in tqdm(distributed.share(list(_batches(rows, batch_size))), desc=desc, unit="batch"):
         lengths = torch.tensor([len(rows[i]["input_ids"]) for i in idx], device=device)
         width = int(lengths.max())
         ids = torch.tensor([rows[i]["input_ids"] + [pad_id] * (width - len(rows[i]["input_ids"])) for i in idx],
@@ -192,7 +194,7 @@ def forward_scores(model, rows: list[dict], pad_id: int, batch_size: int, ri_def
             out["kn"][i] = np.exp(-nll).astype(np.float32)
             if ri is not None:
                 out["ri"][i] = ri[j, :n].astype(np.float32)
-    return out
+    return {name: distributed.merge(values) for name, values in out.items()}
 
 
 @torch.no_grad()
@@ -236,10 +238,10 @@ def released_forward_scores(model, rows: list[dict], desc: str = "scoring (relea
     hook = first.register_forward_hook(lambda mod, args, output: grabbed.__setitem__("attn", output[1]))
     previous = model.config._attn_implementation
     model.set_attn_implementation("eager")
-    out = {"nll": [], "kn": [], "ri": []}
-    try:
-        for row in tqdm(rows, desc=desc, unit="row"):
-            ids = torch.tensor([row["input_ids"]], dtype=torch.long, device=device)
+    out = {"nll": [None] * len(rows), "kn": [None] * len(rows), "ri": [None] * len(rows)}
+    try:  # one row at a time: inside distributed.collective() each rank scores its share of the rows
+        for i in tqdm(distributed.share(list(range(len(rows)))), desc=desc, unit="row"):
+            ids = torch.tensor([rows[i]["input_ids"]], dtype=torch.long, device=device)
             logits = model(input_ids=ids).logits                                    # [1, L, V]
             attn = grabbed.pop("attn")                                              # [1, H, L, L]
             ri = torch.mean(torch.mean(attn, dim=1).squeeze(0), dim=1)              # the script's two means
@@ -247,13 +249,13 @@ def released_forward_scores(model, rows: list[dict], desc: str = "scoring (relea
             kn = torch.zeros(ids.shape[1])
             kn[1:] = probs.gather(-1, ids[0, 1:, None])[:, 0].cpu()                 # position 0: the script's 0.0
             nll = token_nll(logits.float(), ids)[0].cpu().numpy()
-            out["nll"].append(nll.astype(np.float32))
-            out["kn"].append(kn.numpy().astype(np.float32))
-            out["ri"].append(ri.float().cpu().numpy())
+            out["nll"][i] = nll.astype(np.float32)
+            out["kn"][i] = kn.numpy().astype(np.float32)
+            out["ri"][i] = ri.float().cpu().numpy()
     finally:
         hook.remove()
         model.set_attn_implementation(previous)
-    return out
+    return {name: distributed.merge(values) for name, values in out.items()}
 
 
 def released_text_key(tokenizer, token_id: int) -> str:
@@ -308,21 +310,24 @@ def model_identity(weights: str, cache_dir: str | None = None) -> str:
 
 def cached_scores(cache_dir: str, spec: dict, compute) -> tuple[dict, bool, Path]:
     """(scores, computed_now, folder). Scores are {name: [per-row float32 arrays]}, stored flat with row
-    lengths; a "_model" entry (a trained model) is saved as folder/model."""
+    lengths; a "_model" entry (a trained model) is saved as folder/model.
+
+    In a distributed run every rank comes here: rank 0 says whether the cache holds the entry; if not, every
+    rank takes part in `compute` (each scores its share, xtf.distributed.merge), rank 0 alone writes the entry
+    (atomically, xtf.cache) and the others wait for it, then every rank reads the one entry."""
     computed = []
+    if distributed.runtime().world_size > 1:
+        final = Path(cache_dir) / "scores" / cache.key_of(spec)
+        if not distributed.broadcast(final.exists() and cache.verify(final) is None):
+            scores = compute()  # every rank, in lockstep
+            if distributed.is_main():
+                cache.cached_dir(cache_dir, "scores", spec, lambda tmp: _save_scores(tmp, scores))
+            distributed.barrier()
+            computed.append(True)
 
     def build(tmp: Path) -> None:
-        scores = compute()
+        _save_scores(tmp, compute())
         computed.append(True)
-        trained = scores.pop("_model", None)  # a method's own trained model (TC chain): stored with its scores
-        if trained is not None:
-            trained.save_pretrained(tmp / "model")
-        arrays = {}
-        for name, per_row in scores.items():
-            arrays[f"{name}__lengths"] = np.array([len(a) for a in per_row], dtype=np.int64)
-            arrays[name] = np.concatenate(per_row).astype(np.float32) if per_row else np.zeros(0, np.float32)
-        np.savez(tmp / "scores.npz", **arrays)
-        (tmp / "names.json").write_text(json.dumps(sorted(scores)))
 
     folder = cache.cached_dir(cache_dir, "scores", spec, build)
     data = np.load(folder / "scores.npz")
@@ -332,6 +337,18 @@ def cached_scores(cache_dir: str, spec: dict, compute) -> tuple[dict, bool, Path
         flat = data[name]
         scores[name] = [flat[a:b] for a, b in zip(offsets[:-1], offsets[1:])]
     return scores, bool(computed), folder
+
+
+def _save_scores(tmp: Path, scores: dict) -> None:
+    trained = scores.pop("_model", None)  # a method's own trained model (TC chain): stored with its scores
+    if trained is not None:
+        trained.save_pretrained(tmp / "model")
+    arrays = {}
+    for name, per_row in scores.items():
+        arrays[f"{name}__lengths"] = np.array([len(a) for a in per_row], dtype=np.int64)
+        arrays[name] = np.concatenate(per_row).astype(np.float32) if per_row else np.zeros(0, np.float32)
+    np.savez(tmp / "scores.npz", **arrays)
+    (tmp / "names.json").write_text(json.dumps(sorted(scores)))
 
 
 # ---------------------------------------------------------------------------------------------- orchestration

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from xtf import distributed
 from xtf.config import ModelConfig, TrainConfig
 
 log = logging.getLogger(__name__)
@@ -231,8 +232,6 @@ def finetune(model, tokenizer, rows: list[dict], keeps: list[np.ndarray], train_
     args = TrainingArguments(
         output_dir=str(ckpt_dir),
         num_train_epochs=train_cfg.epochs * epochs_factor,
-        per_device_train_batch_size=train_cfg.batch_size,
-        gradient_accumulation_steps=train_cfg.grad_accum,
         learning_rate=train_cfg.lr,
         weight_decay=train_cfg.weight_decay,
         warmup_steps=train_cfg.warmup_ratio,  # a float in [0, 1) is a ratio of the total steps
@@ -248,8 +247,9 @@ def finetune(model, tokenizer, rows: list[dict], keeps: list[np.ndarray], train_
         remove_unused_columns=False,
         dataloader_num_workers=0,
         use_cpu=not on_gpu,
-        bf16=on_gpu and model_cfg.dtype == "bfloat16",
         optim="adamw_torch",  # the fused variant differs numerically across devices; keep runs comparable
+        # Per-device batch x accumulation for this world size, mixed precision, DDP / FSDP / DeepSpeed (dist.*).
+        **distributed.trainer_kwargs(train_cfg, model_cfg, model, on_gpu),
     )
     history: list[dict] = []
     trainer = _trainer_class()(model=model, args=args, train_dataset=dataset,
