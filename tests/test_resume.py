@@ -36,13 +36,15 @@ def _record(tmp, name):
 
 def _comparable(record: dict) -> dict:
     """The record without what legitimately differs between two launches: timings, where files went (paths and
-    the command line naming them), the commit checked out at each launch and the step the run resumed from."""
+    the command line naming them), the commit checked out at each launch, the step the run resumed from and the
+    training throughput (this process's steps and wall time)."""
     out = json.loads(json.dumps(record))
     out.pop("timings")
     out["config"].pop("paths")
     out["provenance"].pop("argv")
     out["provenance"].pop("git")
     out["training"].pop("resumed_from_step")
+    out["training"].pop("throughput")
     return out
 
 

@@ -197,6 +197,14 @@ class TrainConfig:
     save_total_limit: int = 2
     keep_checkpoints: bool = False     # False: delete checkpoints once the run is complete (results.json written)
     logging_steps: int = 5
+    # How the loss is computed (xtf.lm_loss): chunked (default) | kept | full (the reference, [B, L, V] logits).
+    # The same loss to float tolerance, so not in the run id (recorded under training.loss_impl).
+    loss_impl: Literal["chunked", "kept", "full"] = "chunked"
+    # packing: rows concatenated into one sequence per micro-batch, no padding (xtf.train.Collator): the same
+    # micro-batches and loss, so not in the run id. group_by_length: micro-batches of similar-length rows (HF's
+    # LengthGroupedSampler, seeded): less padding, another data order, so in the run id when on.
+    packing: bool = False
+    group_by_length: bool = field(default=False, metadata=ID_OMIT_DEFAULT)
 
 
 @dataclass(frozen=True)
@@ -513,6 +521,12 @@ def validate(cfg: Any) -> RunConfig:
         raise ConfigError("method.da.n > 1 needs method.da.temperature > 0: greedy paraphrases would be identical")
     if run.method.match is not None and run.method.match not in masking.METHODS:
         raise ConfigError(f"method.match={run.method.match!r} is unknown; choose one of {sorted(masking.METHODS)}")
+    from xtf import online
+
+    if run.train.packing and run.method.name in online.ONLINE:
+        raise ConfigError(f"train.packing=true is not supported with method={run.method.name}: an online method "
+                          f"selects per row of a padded batch (xtf.online); use train.packing=false, or "
+                          f"train.group_by_length=true for less padding")
     paths = PathsConfig(**{f.name: _absolute(getattr(run.paths, f.name)) for f in dataclasses.fields(PathsConfig)})
     return dataclasses.replace(
         run,

@@ -238,6 +238,15 @@ def broadcast(obj: Any) -> Any:
     return box[0]
 
 
+def sum_over_ranks(values: list[float]) -> list[float]:
+    """Element-wise sum of `values` over the ranks (counters such as tokens processed); the identity in one process."""
+    if runtime().world_size <= 1 or not torch.distributed.is_initialized():
+        return values
+    total = torch.tensor(values, dtype=torch.float64)
+    torch.distributed.all_reduce(total)
+    return total.tolist()
+
+
 def barrier() -> None:
     if runtime().world_size > 1:
         torch.distributed.barrier()

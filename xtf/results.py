@@ -34,7 +34,8 @@ LIBRARIES = ("torch", "transformers", "peft", "accelerate", "datasets", "tokeniz
 # content (`content_identity`): the weights (model.path, the Hub cache) and the rows read (paths.data_dir,
 # paths.hub_mirror, the Hub). How a run is spread over processes (`dist`) is recorded in its provenance instead.
 _NOT_IN_RUN_ID = {"paths", "wandb", "experiment", "force", "device", "dist"}
-_TRAIN_NOT_IN_RUN_ID = {"save_steps", "save_total_limit", "keep_checkpoints", "logging_steps"}
+# loss_impl and packing: the same loss to float tolerance (tests/test_lm_loss.py), recorded in training.*.
+_TRAIN_NOT_IN_RUN_ID = {"save_steps", "save_total_limit", "keep_checkpoints", "logging_steps", "loss_impl", "packing"}
 # Evaluation keys that only the sandboxed code protocol (pass@k) reads: hashed for code tasks only, so adding
 # them left every other run's id unchanged. sandbox.parallel only changes speed: never hashed.
 _CODE_EVAL_KEYS = {"n_samples", "temperature", "top_p", "pass_k", "code_protocol", "sandbox",
@@ -52,7 +53,8 @@ def _omitted_at_default(cls: type, name: str, value) -> bool:
 def run_id_fields(cfg: RunConfig) -> dict:
     fields = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _NOT_IN_RUN_ID}
     fields["model"] = {k: v for k, v in fields["model"].items() if k != "path"}
-    fields["train"] = {k: v for k, v in fields["train"].items() if k not in _TRAIN_NOT_IN_RUN_ID}
+    fields["train"] = {k: v for k, v in fields["train"].items() if k not in _TRAIN_NOT_IN_RUN_ID
+                       and not _omitted_at_default(type(cfg.train), k, getattr(cfg.train, k))}
     # Keys added after runs existed (xtf.config.ID_OMIT_DEFAULT, e.g. the ssToken/ProFit/STM/DA sections): in the
     # id only when changed from their defaults, so earlier runs keep their ids.
     fields["method"] = {k: v for k, v in fields["method"].items()

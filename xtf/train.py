@@ -12,10 +12,12 @@ plus PEFT for LoRA. XTF's own parts are only the labels and the loss normalisati
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import shutil
+import time
 import zipfile
 from pathlib import Path
 
@@ -23,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from xtf import distributed
+from xtf import distributed, lm_loss
 from xtf.config import ModelConfig, TrainConfig
 
 log = logging.getLogger(__name__)
@@ -61,12 +63,25 @@ def masked_loss(nll: torch.Tensor, labels: torch.Tensor, response_mask: torch.Te
 
 
 class Collator:
-    """Right-pads rows {input_ids, labels, response_mask} into a batch; padding is never trained on."""
+    """Right-pads rows {input_ids, labels, response_mask} into a batch; padding is never trained on.
 
-    def __init__(self, pad_id: int):
-        self.pad_id = pad_id
+    packed=True (train.packing): no padding at all: the rows are concatenated into one [1, T] sequence with
+    position ids restarting at 0 for each row; transformers builds the block-diagonal causal mask from those
+    position ids (masking_utils.find_packed_sequence_indices; flash-attention's varlen kernel on GPU), so no token
+    attends across rows. A row's first token is never trained (xtf.data), so no label is predicted across a row
+    boundary: the loss equals the padded batch's (tests/test_lm_loss.py)."""
+
+    def __init__(self, pad_id: int, packed: bool = False):
+        self.pad_id, self.packed = pad_id, packed
 
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        if self.packed:
+            return {
+                "input_ids": torch.tensor([[t for r in rows for t in r["input_ids"]]]),
+                "position_ids": torch.tensor([[p for r in rows for p in range(len(r["input_ids"]))]]),
+                "labels": torch.tensor([[t for r in rows for t in r["labels"]]]),
+                "response_mask": torch.tensor([[m for r in rows for m in r["response_mask"]]]),
+            }
         length = max(len(r["input_ids"]) for r in rows)
 
         def pad(key: str, value: int) -> torch.Tensor:
@@ -82,32 +97,68 @@ class Collator:
         }
 
 
+def step_loss(model, batch: dict, labels: torch.Tensor, response_mask: torch.Tensor, loss_norm: str,
+              impl: str = "chunked", select=None, around_forward=None) -> torch.Tensor:
+    """One micro-batch's loss (module docstring), its logits computed per `impl` (xtf.lm_loss: chunked | kept |
+    full, the same loss to float tolerance). batch: the model's inputs (input_ids, attention_mask or position_ids).
+    `select(nll [B, L] detached, labels, signals) -> (labels, weights | None)`: an online method's rule, given the
+    current NLL of every token the offline labels train (the only ones it may keep) and what `around_forward` (a
+    context manager around the forward pass, yielding the method's per-step signals) captured."""
+    ids = batch["input_ids"]
+    batch = {**batch, "use_cache": False}  # no KV cache in training (a cache also hides a packed batch's rows)
+    trained = labels[:, 1:] != IGNORE                       # [B, L-1]: label t+1 is predicted at t
+    weights, box = None, {}
+    with around_forward if around_forward is not None else contextlib.nullcontext() as signals:
+        if impl == "full":
+            nll = token_nll(model(**batch).logits, ids)
+        elif impl == "kept":  # the model's own head at the trained positions only: [N, V]
+            logits = model(**batch, logits_to_keep=lm_loss.predicting(labels)).logits
+            nll = lm_loss.scatter_nll(F.cross_entropy(logits.float(), ids[:, 1:][trained], reduction="none"), labels)
+        else:  # chunked: no logits in the forward; the head and the loss over kept positions, chunk by chunk
+            with lm_loss.captured_hidden(model) as box:
+                model(**batch, logits_to_keep=torch.zeros_like(labels, dtype=torch.bool))
+    if impl == "chunked":
+        hidden, (head, softcap) = box["hidden"], lm_loss.head_of(model)   # [B, L, H]; [V, H]
+        if select is not None:
+            nll = lm_loss.scatter_nll(lm_loss.chunked_nll(hidden[:, :-1][trained], head, ids[:, 1:][trained],
+                                                          softcap), labels)
+            labels, weights = select(nll, labels, signals)
+            trained = labels[:, 1:] != IGNORE
+        denom = trained.sum() if loss_norm == "kept" else response_mask.sum()
+        w = (weights[:, 1:][trained] if weights is not None else trained[trained].float()) / denom.clamp(min=1)
+        return lm_loss.linear_cross_entropy(hidden[:, :-1][trained], head, ids[:, 1:][trained], w, softcap)
+    if select is not None:
+        labels, weights = select(nll.detach(), labels, signals)
+    return masked_loss(nll, labels, response_mask, loss_norm, weights)
+
+
 def _trainer_class():
     from transformers import Trainer
 
     class MaskedTrainer(Trainer):
-        """HF Trainer whose loss is `masked_loss` (the one override: XTF's loss normalisation)."""
+        """HF Trainer whose loss is `step_loss` (the one override: XTF's loss, where it counts)."""
 
         loss_norm = "kept"
+        loss_impl = "chunked"
         selector = None                # an online method's xtf.online.Selector: per-batch labels / loss weights
+        throughput = None              # Throughput: tokens and padding of every micro-batch
         loss_is_scaled_for_ga = False  # a per-micro-batch mean; Trainer divides by the accumulation steps
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             labels, response_mask = inputs.pop("labels"), inputs.pop("response_mask")
             rows = inputs.pop("row", None)
+            if self.throughput is not None:
+                self.throughput.count(inputs, labels)
             if self.selector is None:
-                outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
-                nll = token_nll(outputs.logits, inputs["input_ids"])
-                loss = masked_loss(nll, labels, response_mask, self.loss_norm)
-                return (loss, outputs) if return_outputs else loss
+                loss = step_loss(model, inputs, labels, response_mask, self.loss_norm, self.loss_impl)
+                return (loss, None) if return_outputs else loss
             step = self.state.global_step
-            batch = {**inputs, "response_mask": response_mask, "step": step}
-            with self.selector.capture(model, batch) as signals:
-                outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
-            nll = token_nll(outputs.logits, inputs["input_ids"])
-            labels, weights = self.selector(signals, labels, nll, rows, step, self.state.max_steps)
-            loss = masked_loss(nll, labels, response_mask, self.loss_norm, weights)
-            return (loss, outputs) if return_outputs else loss
+            loss = step_loss(model, inputs, labels, response_mask, self.loss_norm, self.loss_impl,
+                             select=lambda nll, lab, signals: self.selector(signals, lab, nll, rows, step,
+                                                                            self.state.max_steps),
+                             around_forward=self.selector.capture(model, {**inputs, "response_mask": response_mask,
+                                                                          "step": step}))
+            return (loss, None) if return_outputs else loss
 
         def log(self, logs, *args, **kwargs):
             if self.selector is not None and "loss" in logs:  # the online method's kept fraction since the last log
@@ -117,6 +168,26 @@ def _trainer_class():
             return super().log(logs, *args, **kwargs)
 
     return MaskedTrainer
+
+
+class Throughput:
+    """Tokens through the model in training: real (non-pad) tokens, padded slots and trained labels per micro-batch;
+    tokens/s over the training wall time (this process; summed over ranks in a distributed run)."""
+
+    def __init__(self):
+        self.tokens = self.slots = self.trained = 0
+
+    def count(self, inputs: dict, labels: torch.Tensor) -> None:
+        mask = inputs.get("attention_mask")
+        self.tokens += int(mask.sum()) if mask is not None else inputs["input_ids"].numel()
+        self.slots += inputs["input_ids"].numel()
+        self.trained += int((labels != IGNORE).sum())
+
+    def record(self, seconds: float) -> dict:
+        tokens, slots, trained = distributed.sum_over_ranks([self.tokens, self.slots, self.trained])
+        return {"tokens": int(tokens), "padded_slots": int(slots), "trained_tokens": int(trained),
+                "padding_fraction": round(1 - tokens / slots, 4) if slots else 0.0,
+                "seconds": round(seconds, 3), "tokens_per_s": round(tokens / seconds, 1) if seconds > 0 else None}
 
 
 def _loss_recorder(history: list[dict], wandb_run, selector=None):
@@ -229,6 +300,9 @@ def finetune(model, tokenizer, rows: list[dict], keeps: list[np.ndarray], train_
         selector.bind(rows, model)
     ckpt_dir = out_dir / "checkpoints"
     on_gpu = next(model.parameters()).device.type == "cuda"
+    loss_impl = train_cfg.loss_impl
+    if loss_impl == "chunked" and distributed.runtime().strategy in ("fsdp", "deepspeed"):
+        loss_impl = "kept"  # sharded engines gather a weight only for the forward that uses it: the head stays in it
     args = TrainingArguments(
         output_dir=str(ckpt_dir),
         num_train_epochs=train_cfg.epochs * epochs_factor,
@@ -248,22 +322,26 @@ def finetune(model, tokenizer, rows: list[dict], keeps: list[np.ndarray], train_
         dataloader_num_workers=0,
         use_cpu=not on_gpu,
         optim="adamw_torch",  # the fused variant differs numerically across devices; keep runs comparable
+        # Batches of rows of similar length (less padding; another data order, so in the run id when on).
+        train_sampling_strategy="group_by_length" if train_cfg.group_by_length else "random",
         # Per-device batch x accumulation for this world size, mixed precision, DDP / FSDP / DeepSpeed (dist.*).
         **distributed.trainer_kwargs(train_cfg, model_cfg, model, on_gpu),
     )
     history: list[dict] = []
     trainer = _trainer_class()(model=model, args=args, train_dataset=dataset,
-                               data_collator=Collator(tokenizer.pad_token_id),
+                               data_collator=Collator(tokenizer.pad_token_id, packed=train_cfg.packing),
                                callbacks=[_loss_recorder(history, wandb_run, selector)])
-    trainer.loss_norm = train_cfg.loss_norm
-    trainer.selector = selector
+    trainer.loss_norm, trainer.loss_impl = train_cfg.loss_norm, loss_impl
+    trainer.selector, trainer.throughput = selector, Throughput()
     resume = last_checkpoint(ckpt_dir)
     if resume:
         log.info("resuming fine-tuning from %s", resume)
         history.extend(_history_from_checkpoint(Path(resume)))
         if selector is not None:
             selector.load(Path(resume))
+    started = time.perf_counter()
     trainer.train(resume_from_checkpoint=resume)
+    seconds = time.perf_counter() - started
     steps = trainer.state.global_step
     history = sorted({h["step"]: h for h in history}.values(), key=lambda h: h["step"])
     info = {
@@ -273,6 +351,9 @@ def finetune(model, tokenizer, rows: list[dict], keeps: list[np.ndarray], train_
         "train_loss": train_loss(history),
         "loss_history": history,
         "rows": len(dataset),
+        "loss_impl": loss_impl,
+        # This process's steps only (a resumed run: the steps after the resume point).
+        "throughput": trainer.throughput.record(seconds),
         **({"online": selector.record()} if selector is not None else {}),
     }
     model = trainer.model
