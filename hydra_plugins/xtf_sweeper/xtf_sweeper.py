@@ -158,7 +158,9 @@ class XtfSweeper(Sweeper):
         out, seen = [], set()
         for label, seed, spec_overrides in expand(spec):
             kept = [s for s, o in zip(spec_overrides, parser.parse_overrides(spec_overrides))
-                    if (o.key_or_group, o.package) not in cli_keys]  # the command line wins
+                    if (o.key_or_group, o.package) not in cli_keys  # the command line wins
+                    and not (self.stand_in and o.key_or_group.split(".")[0] == "dist")]  # tiny models: one process;
+            # the spec's dist choices (fsdp: GPUs only) are for its real models
             own = label if ("seed", None) in cli_keys else f"{label} seed={seed}"
             for combo in combos:
                 overrides = kept + list(combo)
@@ -203,6 +205,7 @@ class XtfSweeper(Sweeper):
         if not pending:
             return []
         if getattr(self.launcher, "_EXECUTOR", None) == "slurm":
+            self.refuse_unfit(pending)  # the resource planner (xtf/plan.py; cluster.plan_check=false skips it)
             problem = slurm_problem()
             if problem:  # before anything is submitted or written
                 print(f"[xtf] cluster=slurm: {problem}")
@@ -227,6 +230,19 @@ class XtfSweeper(Sweeper):
             raise SystemExit(1)
         return [returns]
 
+    def refuse_unfit(self, cells: list[Cell]) -> None:
+        """Before a SLURM submission: stop, naming each cell and what to change, when the planner estimates that
+        a cell cannot fit the cluster profile's GPUs (cluster.gpu_mem_gb)."""
+        from xtf.plan import fit_problem
+
+        problems = [p for p in (fit_problem(self.hydra_context.config_loader.load_sweep_config(
+            self.config, list(c.overrides)), c.name) for c in cells) if p]
+        if problems:
+            print(f"[xtf] {len(problems)} cell(s) cannot fit the GPUs of the cluster profile (an estimate, make plan; "
+                  f"cluster.plan_check=false skips this check); nothing submitted:",
+                  *(f"[xtf]   {p}" for p in problems), sep="\n")
+            raise SystemExit(2)
+
     def wait_for_slurm_jobs(self, n: int, started: float) -> tuple[list, dict]:
         """After submitit's launch() raised on one job of the array, the others may still be running: wait for
         every job of this launch; return what each returned (None where nothing) and the SLURM state of those
@@ -249,6 +265,8 @@ class XtfSweeper(Sweeper):
         out, why = [None] * n, {}
         for i, job in sorted(jobs.items()):
             try:
+                # Task 0 (global rank 0, which writes the record) only, as the launcher's results()[0]: a
+                # multi-task job (cluster.tasks_per_node / nodes) has one result per task.
                 out[i] = job.results()[0]
             except Exception:  # noqa: BLE001 - cancelled / killed: reported as "did not finish"
                 why[i] = f"SLURM job {job.job_id}: {job.state}"
