@@ -19,8 +19,8 @@ from xtf.config import register_schema, validate
 from xtf.results import run_id
 
 DEV = ROOT / "slurm" / "dev-cluster"
-# Tiny random Llama, 300 optimiser steps with a checkpoint every 10 (10 s on an idle 2-core CPU, minutes on a
-# busy one): the cancel and the preemption land right after the first checkpoint, well before the end.
+# Tiny random Llama, 300 optimiser steps with a checkpoint every 10 (~10 s on an idle 2-core CPU, minutes on a
+# busy one): the cancel and the preemption land within a step or two of the first checkpoint, well before the end.
 CELL = ["model=tiny_llama", "task.options.n_train=1200", "task.options.n_test=8", "train.batch_size=8",
         "train.save_steps=10", "eval.max_new_tokens=16", "wandb.mode=disabled"]
 SLURM = ["cluster=slurm", "cluster.gpus_per_node=null", "cluster.cpus_per_task=1", "cluster.mem_gb=null"]
@@ -32,11 +32,12 @@ def test_the_slurm_profile_composes_and_stays_out_of_the_run_id():
 
     register_schema()
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = hydra_compose("config", ["cluster=slurm", "cluster.partition=gpu", "cluster.account=xtf"],
-                            return_hydra_config=True)
+        cfg = hydra_compose("config", ["cluster=slurm", "cluster.partition=gpu", "cluster.account=xtf",
+                                       "cluster.nodes=2", "cluster.tasks_per_node=8"], return_hydra_config=True)
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("SlurmLauncher") and cfg.hydra.sweeper._target_.endswith("XtfSweeper")
     assert (launcher.partition, launcher.account) == ("gpu", "xtf")
+    assert (launcher.nodes, launcher.tasks_per_node) == (2, 8)  # a multi-node, multi-task job (test_slurm_dist.py)
     assert launcher.max_num_timeout > 0 and launcher.signal_delay_s > 0  # requeued on timeout, warned first
     OmegaConf.set_struct(cfg, False)
     del cfg["hydra"]
@@ -67,7 +68,7 @@ def slurm(env, *args) -> str:
     return subprocess.run(list(args), env=env, capture_output=True, text=True, check=True, timeout=60).stdout
 
 
-def wait_for(what, predicate, proc, timeout=240):
+def wait_for(what, predicate, proc, timeout=240, interval=0.2):
     deadline = time.time() + timeout
     while time.time() < deadline:
         value = predicate()
@@ -75,14 +76,16 @@ def wait_for(what, predicate, proc, timeout=240):
             return value
         if proc.poll() is not None:
             raise AssertionError(f"the launcher ended while waiting for {what}:\n{proc.stdout.read()}")
-        time.sleep(0.2)
+        time.sleep(interval)
     raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_cancelled_cell_reruns_alone_and_a_preempted_cell_resumes(cluster, tmp_path, session_cache):
+    # One torch thread per cell, as its cpus_per_task=1 (task/none binds nothing here): two cells on 2 cores do
+    # not oversubscribe them, which made a step take 0.1-1.7 s depending on the machine's load.
     env = {**os.environ, **cluster, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "WANDB_MODE": "offline",
-           "XTF_RESULTS_DIR": str(tmp_path / "results"), "XTF_OUTPUTS_DIR": str(tmp_path / "outputs"),
-           "XTF_CACHE_DIR": str(session_cache)}
+           "OMP_NUM_THREADS": "1", "XTF_RESULTS_DIR": str(tmp_path / "results"),
+           "XTF_OUTPUTS_DIR": str(tmp_path / "outputs"), "XTF_CACHE_DIR": str(session_cache)}
     cmd = [sys.executable, str(ROOT / "run.py"), "-m", *SLURM, *CELL, "seed=0,1"]
     ids = [run_id(validate(compose([*CELL, f"seed={s}"]))) for s in (0, 1)]  # job 0 = seed 0, job 1 = seed 1
     results = [tmp_path / "results" / "default" / i / "results.json" for i in ids]
@@ -97,7 +100,16 @@ def test_cancelled_cell_reruns_alone_and_a_preempted_cell_resumes(cluster, tmp_p
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     # As soon as a cell's training has written its first checkpoint: cell 0 is cancelled; cell 1 is preempted
     # (USR2, what SLURM sends before a preemption or the time limit), and submitit requeues it.
-    todo = {0: ["scancel"], 1: ["scancel", "--signal=USR2"]}
+
+    def cancel_now(job):
+        # A plain scancel takes effect seconds later: slurmd sends SIGTERM, which submitit's job bypasses, and
+        # SIGKILL only after KillWait (plus srun's grace), so a fast machine finished the cell meanwhile (CI: "2
+        # complete"). Suspended first (SIGSTOP, at once), a job is cancelled without SIGCONT/SIGTERM: killed
+        # where it stopped, in state CANCELLED (root is SLURM's admin here, as suspend needs).
+        slurm(env, "scontrol", "suspend", job)
+        slurm(env, "scancel", job)
+
+    todo = {0: cancel_now, 1: lambda job: slurm(env, "scancel", "--signal=USR2", job)}
 
     def complete_checkpoint(i):  # trainer_state.json is written last (xtf.train.last_checkpoint); a checkpoint
         for ckpt in ckpts[i].glob("checkpoint-*"):  # directory alone may still be half-written on a busy CPU
@@ -112,7 +124,7 @@ def test_cancelled_cell_reruns_alone_and_a_preempted_cell_resumes(cluster, tmp_p
         for i in [i for i in todo if complete_checkpoint(i)]:
             job = task(i)
             if job:
-                slurm(env, *todo.pop(i), job)
+                todo.pop(i)(job)
         return not todo
 
     wait_for("both cells to train", act, proc)
