@@ -17,10 +17,10 @@ ifneq ($(wildcard ../shared/data),)
 export XTF_DATA_DIR ?= $(abspath ../shared/data)
 endif
 
-.PHONY: install run test test-real test-slow test-gpu lint bench-scoring bench-noise bench-noise-real sweep tables clean help
+.PHONY: install run test test-real test-slow test-gpu lint bench-scoring bench-train bench-noise bench-noise-real sweep plan tables clean help
 
 help:
-	@echo "make install | run | test | test-real | test-slow | test-gpu | lint | bench-scoring | bench-noise | bench-noise-real | sweep | tables | clean"
+	@echo "make install | run | test | test-real | test-slow | test-gpu | lint | bench-scoring | bench-train | bench-noise | bench-noise-real | sweep | plan | tables | clean"
 
 # PYTHONWARNINGS=ignore on the editable install: setuptools' editable-mode notice says nothing to act on.
 $(STAMP): pyproject.toml constraints.txt requirements-models.txt
@@ -60,6 +60,12 @@ lint: install
 bench-scoring: install
 	$(PY) experiments/bench_scoring.py $(ARGS)
 
+# Training tokens/s and peak memory: xtf.train (normal, 50 % mask) vs TRL SFTTrainer vs HF Trainer (~15 min on 2
+# cores); table in results/tables/bench_train.md. TRL is the `bench` extra, installed here when missing.
+bench-train: install
+	$(PY) -c "import trl" 2>/dev/null || PYTHONWARNINGS=ignore $(PY) -m pip install -q -c constraints.txt -e '.[dev,bench]'
+	$(PY) experiments/bench_train.py $(ARGS)
+
 # The controlled-noise benchmark: 11 cells x 3 seeds on the tiny base; resumable; table in results/tables/.
 bench-noise: install
 	$(MAKE) sweep EXP=noise_benchmark
@@ -77,6 +83,12 @@ CLUSTER ?= local
 sweep: install
 	$(PY) run.py -m hydra.sweeper.experiment_file=experiments/$(EXP).yaml cluster=$(CLUSTER) \
 	  $(if $(STAND_IN),hydra.sweeper.stand_in=true) $(ARGS)
+
+# The resource planner (xtf/plan.py): per cell of experiments/$(EXP).yaml the estimated GPU memory per device, whether
+# it fits the cluster profile (default cluster=slurm), tokens and GPU-hours; fails naming what to change.
+#   make plan EXP=table1 ARGS="cluster.gpus_per_node=8 ++cluster.tasks_per_node=8"
+plan: install
+	$(PY) -m xtf.plan experiments/$(EXP).yaml $(ARGS)
 
 # Every table (experiments/*.yaml) that has complete runs, from the local records only → results/tables/.
 tables: install
