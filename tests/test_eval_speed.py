@@ -13,8 +13,8 @@ import importlib.util
 
 import pytest
 import torch
-
 from conftest import compose
+
 from xtf import lmeval, tiny
 from xtf.config import ConfigError, EvalConfig, ModelConfig, validate
 from xtf.evaluate import StopOnStrings, generate_many, token_budget_batches
