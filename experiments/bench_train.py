@@ -28,14 +28,15 @@ checkpoint inside the timed steps. The harness runs with whatever train.* defaul
 
 Each configuration runs in a fresh subprocess of this script (--one, internal) with torch.set_num_threads pinned
 to --threads for all. Timing: a global torch optimizer post-step hook timestamps every optimizer step; the
-first --warmup steps are dropped and the rest form the steady-state window. Tokens: a forward pre-hook on the
-decoder counts, per step, the non-pad tokens it processes (attention_mask sum; every position when there is no
-attention mask, padding-free) and every position (padding included). Two rates:
-  tok/s          non-pad tokens processed per second in the window;
+first --warmup steps are dropped; a rate is the median over the remaining steps of (step tokens / step seconds),
+steadier than the window mean (also in the JSON) when another job slows one step on a shared CPU. Tokens: a
+forward pre-hook on the decoder counts, per step, the non-pad tokens it processes (attention_mask sum; every
+position when there is no attention mask, padding-free) and every position (padding included). Two rates:
+  tok/s          non-pad tokens processed per second;
   kc tok/s       kept + context tokens per second: per row, the tokens at positions 0..its last kept token (what a
                  loss on the kept tokens needs as input). For (b) this is the same count as for (a): masked
                  answer tokens are still context of later kept ones (the EOS is always kept). Computed from
-                 the rows, then pro-rated to the window by the measured non-pad share.
+                 the rows, as a share of the non-pad tokens processed (1.0 here: every row ends on a kept token).
 Memory: peak RSS of the child (a 5 ms sampler thread plus ru_maxrss) and "train delta" = that peak minus the
 RSS just before the trainer is built (model loaded, data tokenised, libraries imported). The table and its
 figures go to results/tables/bench_train.{md,json}.
@@ -240,22 +241,28 @@ def measure(config: str, model_name: str, mode: str, steps: int, warmup: int, th
         finally:
             meter.close()
         total_s = time.perf_counter() - start
+    load = os.getloadavg()[0]  # 1-min load average at the end: other jobs on the CPU skew the rates
     n = len(meter.times)
     if n <= warmup:
         raise RuntimeError(f"{config}: {n} optimizer steps, not more than --warmup={warmup}")
     window_s = meter.times[-1] - meter.times[warmup - 1] if warmup else meter.times[-1] - start
     nonpad, positions = sum(meter.nonpad[warmup:]), sum(meter.positions[warmup:])
-    kc = counts["kept_context"] * nonpad / max(sum(meter.nonpad), 1)
+    kc_share = counts["kept_context"] / max(sum(meter.nonpad), 1)  # kept + context per non-pad token processed
+    step_s = np.diff([start, *meter.times])
+    # The median over timed steps of each step's rate: one step slowed by another job on a shared CPU moves it
+    # less than the window mean (both are in the JSON).
+    rate = float(np.median(np.asarray(meter.nonpad[warmup:]) / step_s[warmup:]))
     return {"config": config, "model": model_name, "mode": mode, "task": cfg.task.name, "steps": n,
             "timed_steps": n - warmup, "batch_size": cfg.train.batch_size, "max_len": cfg.data.max_len,
             "lr": cfg.train.lr, "seconds": window_s, "total_seconds": total_s, "s_per_step": window_s / (n - warmup),
             "nonpad_tokens": nonpad, "nonpad_all_steps": sum(meter.nonpad), "positions": positions,
-            "tokens_per_s": nonpad / window_s,
-            "step_seconds": np.diff([start, *meter.times]).tolist(), "step_nonpad": meter.nonpad,
-            "kc_tokens": kc, "kc_tokens_per_s": kc / window_s, "padding_share": 1 - nonpad / max(positions, 1),
+            "tokens_per_s": rate, "tokens_per_s_window": nonpad / window_s,
+            "step_seconds": step_s.tolist(), "step_nonpad": meter.nonpad,
+            "kc_tokens": kc_share * nonpad, "kc_tokens_per_s": rate * kc_share,
+            "padding_share": 1 - nonpad / max(positions, 1),
             "peak_mib": meter.rss_peak / 2**20, "rss_before_mib": meter.rss_before / 2**20,
             "delta_mib": (meter.rss_peak - meter.rss_before) / 2**20, "torch_threads": torch.get_num_threads(),
-            "data": counts, "kept_fraction": counts["kept"] / counts["answer"]}
+            "data": counts, "kept_fraction": counts["kept"] / counts["answer"], "load_avg_1min": load}
 
 
 # ------------------------------------------------------------------------------------------------ report
@@ -335,7 +342,8 @@ def write(res: list[dict], info: dict) -> None:
 
 
 NOTES = [
-    "steps: timed optimizer steps (after the warm-up ones); tok/s: non-pad tokens processed per second; "
+    "steps: timed optimizer steps (after the warm-up ones); s/step: their mean; tok/s: non-pad tokens processed "
+    "per second (median over the timed steps); "
     "kc tok/s: kept + context tokens per second (per row, positions 0..its last kept token; (b) counts the same "
     "input tokens as (a)); x (d), x (c): kc tok/s over that of (d) HF Trainer, (c) TRL SFT; pad %: padding share "
     "of the positions processed; peak MiB: the configuration's own process RSS peak; train Δ: peak minus the RSS "
@@ -402,9 +410,14 @@ def main() -> None:
     info = {"command": " ".join(["python", "experiments/bench_train.py", *sys.argv[1:]]),
             "date": time.strftime("%Y-%m-%d %H:%M"), "git": git_state(ROOT), "machine": machine(),
             "threads": args.threads, "wall_s": time.perf_counter() - t0, "notes": NOTES, "goals": goals(res)}
+    busy = [f"{r['model']} {r['mode']} {r['config']} ({r['load_avg_1min']:.1f})" for r in res
+            if r["load_avg_1min"] > max(args.threads, 1) + 1]
+    if busy:  # this process's own load is ~threads; more means another job shared the CPU
+        info["notes"] = [*NOTES, "WARNING: other jobs shared the CPU (1-min load average > threads + 1) during: "
+                         + ", ".join(busy) + "; their rates are not comparable: rerun on an idle machine."]
     print()
     print("\n".join(table(res)))
-    print("\n" + "\n".join(NOTES))
+    print("\n" + "\n".join(info["notes"]))
     for g in info["goals"]:
         print(f"{g['model']} {g['mode']}: (b) xtf 50% mask vs TRL SFT (both rows): faster {g['faster_than_trl']}, "
               f"less memory {g['less_memory_than_trl']}: {'met' if g['met'] else 'NOT met'}")
