@@ -312,12 +312,9 @@ def table(res: list[dict]) -> list[str]:
 def machine() -> dict:
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").is_file() else ""
-    versions = {}
-    for name in LIBS:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
+    from xtf.results import library_versions
+
+    versions = library_versions(LIBS)
     return {"platform": platform.platform(), "cpu": cpu, "cores": os.cpu_count(), "python": sys.version.split()[0],
             "libraries": versions}
 

@@ -39,10 +39,9 @@ def predicting(labels: torch.Tensor) -> torch.Tensor:
 def scatter_nll(values: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """[N] per-kept-token NLL (in the order of labels[:, 1:] != -100, row-major) → [B, L] float32 aligned to
     input_ids, 0 elsewhere (as xtf.train.token_nll: nll[:, t] is the NLL of token t). Differentiable."""
-    out = values.new_zeros(labels.shape, dtype=torch.float32)
-    trained = torch.zeros_like(labels, dtype=torch.bool)
-    trained[:, 1:] = labels[:, 1:] != IGNORE
-    return out.masked_scatter(trained, values.float())
+    trained = labels != IGNORE
+    trained[:, 0] = False  # nothing predicts token 0 (never trained: xtf.data)
+    return values.new_zeros(labels.shape, dtype=torch.float32).masked_scatter(trained, values.float())
 
 
 def _logits(hidden: torch.Tensor, weight: torch.Tensor, softcap: float | None) -> torch.Tensor:

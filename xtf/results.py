@@ -170,13 +170,19 @@ def git_state(root: Path) -> dict:
         return {"sha": None, "dirty": None}
 
 
-def provenance(device: str) -> dict:
+def library_versions(names=LIBRARIES) -> dict:
+    """{package: installed version, or None when it is not installed}."""
     versions = {}
-    for name in LIBRARIES:
+    for name in names:
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             versions[name] = None
+    return versions
+
+
+def provenance(device: str) -> dict:
+    versions = library_versions()
     return {
         "xtf_version": __version__,
         "git": git_state(Path(__file__).resolve().parents[1]),

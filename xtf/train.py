@@ -56,10 +56,15 @@ def masked_loss(nll: torch.Tensor, labels: torch.Tensor, response_mask: torch.Te
     (an online method's detached per-token loss weights, e.g. DFT's) multiply each kept token's NLL; the
     denominator stays a token count."""
     kept = (labels != IGNORE).float()
-    denom = kept.sum() if loss_norm == "kept" else response_mask.float().sum()
     if weights is not None:
         kept = kept * weights
-    return (nll * kept).sum() / denom.clamp(min=1.0)
+    return (nll * kept).sum() / loss_denominator(labels, response_mask, loss_norm)
+
+
+def loss_denominator(labels: torch.Tensor, response_mask: torch.Tensor, loss_norm: str) -> torch.Tensor:
+    """D of the module docstring: the micro-batch's kept tokens (loss_norm=kept) or answer tokens (answer), >= 1."""
+    count = (labels != IGNORE).float().sum() if loss_norm == "kept" else response_mask.float().sum()
+    return count.clamp(min=1.0)
 
 
 class Collator:
@@ -124,8 +129,8 @@ def step_loss(model, batch: dict, labels: torch.Tensor, response_mask: torch.Ten
                                                           softcap), labels)
             labels, weights = select(nll, labels, signals)
             trained = labels[:, 1:] != IGNORE
-        denom = trained.sum() if loss_norm == "kept" else response_mask.sum()
-        w = (weights[:, 1:][trained] if weights is not None else trained[trained].float()) / denom.clamp(min=1)
+        w = ((weights[:, 1:][trained] if weights is not None else trained[trained].float())
+             / loss_denominator(labels, response_mask, loss_norm))
         return lm_loss.linear_cross_entropy(hidden[:, :-1][trained], head, ids[:, 1:][trained], w, softcap)
     if select is not None:
         labels, weights = select(nll.detach(), labels, signals)
@@ -175,16 +180,17 @@ class Throughput:
     tokens/s over the training wall time (this process; summed over ranks in a distributed run)."""
 
     def __init__(self):
-        self.tokens = self.slots = self.trained = 0
+        self.tokens = self.slots = self.trained = 0  # ints, or device tensors: no host sync per micro-batch
 
     def count(self, inputs: dict, labels: torch.Tensor) -> None:
         mask = inputs.get("attention_mask")
-        self.tokens += int(mask.sum()) if mask is not None else inputs["input_ids"].numel()
+        self.tokens += mask.sum() if mask is not None else inputs["input_ids"].numel()
         self.slots += inputs["input_ids"].numel()
-        self.trained += int((labels != IGNORE).sum())
+        self.trained += (labels != IGNORE).sum()
 
     def record(self, seconds: float) -> dict:
-        tokens, slots, trained = distributed.sum_over_ranks([self.tokens, self.slots, self.trained])
+        tokens, slots, trained = distributed.sum_over_ranks([float(self.tokens), float(self.slots),
+                                                             float(self.trained)])
         return {"tokens": int(tokens), "padded_slots": int(slots), "trained_tokens": int(trained),
                 "padding_fraction": round(1 - tokens / slots, 4) if slots else 0.0,
                 "seconds": round(seconds, 3), "tokens_per_s": round(tokens / seconds, 1) if seconds > 0 else None}
