@@ -17,7 +17,7 @@ ifneq ($(wildcard ../shared/data),)
 export XTF_DATA_DIR ?= $(abspath ../shared/data)
 endif
 
-.PHONY: install run test test-real test-slow test-gpu lint bench-scoring bench-train bench-noise bench-noise-real sweep plan tables clean help
+.PHONY: install install-bench run test test-real test-slow test-gpu lint bench-scoring bench-train bench-noise bench-noise-real sweep plan tables clean help
 
 help:
 	@echo "make install | run | test | test-real | test-slow | test-gpu | lint | bench-scoring | bench-train | bench-noise | bench-noise-real | sweep | plan | tables | clean"
@@ -62,9 +62,12 @@ bench-scoring: install
 
 # Training tokens/s and peak memory: xtf.train (normal, 50 % mask) vs TRL SFTTrainer vs HF Trainer (~15 min on 2
 # cores); table in results/tables/bench_train.md. TRL is the `bench` extra, installed here when missing.
-bench-train: install
-	$(PY) -c "import trl" 2>/dev/null || PYTHONWARNINGS=ignore $(PY) -m pip install -q -c constraints.txt -e '.[dev,bench]'
+bench-train: install-bench
 	$(PY) experiments/bench_train.py $(ARGS)
+
+# TRL (the `bench` extra) for bench-train and its test (tests/test_bench_train.py, required under CI=true).
+install-bench: install
+	$(PY) -c "import trl" 2>/dev/null || PYTHONWARNINGS=ignore $(PY) -m pip install -q -c constraints.txt -e '.[dev,bench]'
 
 # The controlled-noise benchmark: 11 cells x 3 seeds on the tiny base; resumable; table in results/tables/.
 bench-noise: install
