@@ -1,6 +1,6 @@
 """Experiments as data: every spec expands into runs with their full overrides (the sweeper's contract), its
 cells compose into valid configs, a grid is the product of its coordinates minus `exclude`, and the committed
-noise-benchmark table is still reached from the same run ids."""
+table is still reached from the same run ids."""
 
 import json
 
@@ -60,20 +60,62 @@ def test_every_spec_composes(tmp_path):
                 assert cfg.experiment == spec["name"] and cfg.seed == spec["seeds"][0], (path, label)
 
 
-@pytest.mark.xfail(strict=True, reason="results/tables/noise_benchmark.* predates this session's behaviour changes "
-                   "(structural-token exemption, TC floor, new method keys): its run ids are stale until "
-                   "`make bench-noise` regenerates it; strict, so the regenerated table makes this test pass again")
-def test_noise_benchmark_table_reaches_the_same_run_ids():
-    """The committed table lists its runs' ids; the spec must still compose to exactly those (a changed default
-    or hash field would silently orphan every record)."""
-    spec = load_experiment(ROOT / "experiments" / "noise_benchmark.yaml")
-    committed = json.loads((ROOT / "results" / "tables" / "noise_benchmark.json").read_text())
-    assert {"oracle", "xtf", "normal"} <= set(spec["cells"])
+# Every committed table must still be reached from its spec: the run ids it lists are what the spec composes to
+# today (a changed default, a new hash field or non-deterministic weights would silently orphan every record).
+# Tables on the tiny model compose in seconds (make test); those on a packaged real LM need its converted weights
+# and the shared data (make test-real). A table known to be stale is listed here with why, strict: regenerating it
+# makes its test pass, and then the entry must go.
+TINY_TABLES = ["noise_benchmark", "threshold_sweep", "table1_tiny", "table2_tiny", "code_passk_tiny"]
+REAL_TABLES = ["threshold_sweep_real", "all_methods"]
+STALE = {
+    "noise_benchmark": "its xtf-family and random rows predate the RI fence on log RI; the new methods' cells "
+                       "(sstoken, profit, stm, dft, da) have no runs yet: make bench-noise regenerates it",
+    "threshold_sweep": "predates the structural-token exemption and the RI scale key: make sweep EXP=threshold_sweep",
+    "threshold_sweep_real": "its SmolLM2 run ids came from a conversion whose gguf.json held its duration "
+                            "(packaged.CONVERT_VERSION 1): make sweep EXP=threshold_sweep_real",
+    "all_methods": "not run yet: make sweep EXP=all_methods",
+    "table1_tiny": "the tiny stand-in of Table 1 predates DA and the structural-token exemption; to be replaced by "
+                   "the SmolLM2 stand-in (issue 10 item 4), not yet run",
+    "table2_tiny": "the tiny stand-in of Table 2 predates the RI fence on log RI; to be replaced by the SmolLM2 "
+                   "stand-in (issue 10 item 4), not yet run",
+    "code_passk_tiny": "its XTF rows predate the RI fence on log RI (its other 77 runs match); rerun with "
+                       "make sweep EXP=code_passk STAND_IN=1",
+}
+
+
+def _check_table_run_ids(name: str) -> None:
+    stand_in = name.endswith("_tiny")
+    spec_name = name[: -len("_tiny")] if stand_in else name
+    table = ROOT / "results" / "tables" / f"{name}.json"
+    if not table.is_file():
+        pytest.fail(f"{table} is not committed")
+    spec = load_experiment(ROOT / "experiments" / f"{spec_name}.yaml", stand_in=stand_in)
+    committed = json.loads(table.read_text())
+    stale = []
     with composer() as compose:
         for label, seed, overrides in expand(spec):
-            if seed == spec["seeds"][0]:
-                cfg = compose(overrides)
-                assert cfg.task.name == "synth" and run_dir(cfg).name in committed[label], label
+            if run_dir(compose(overrides)).name not in committed.get(label, []):
+                stale.append((label, seed))
+                if len(stale) == 4:  # enough to say so (a stale stand-in would compose hundreds of cells)
+                    break
+    assert not stale, f"{name}: runs of the spec that are not in the committed table: {stale}"
+
+
+def _param(name):
+    return pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=STALE[name])) if name in STALE else name
+
+
+@pytest.mark.parametrize("name", [_param(n) for n in TINY_TABLES])
+def test_committed_table_is_reached_from_its_spec(name):
+    _check_table_run_ids(name)
+
+
+@pytest.mark.real
+@pytest.mark.parametrize("name", [_param(n) for n in REAL_TABLES])
+def test_committed_real_model_table_is_reached_from_its_spec(name):
+    from conftest import require_shared_data
+    require_shared_data()
+    _check_table_run_ids(name)
 
 
 def test_threshold_sweep_cells():

@@ -102,23 +102,28 @@ def test_masks_are_pure_functions_of_scores():
 
 
 def test_tc_self_evolving_chain_ranks_within_each_part():
-    """evolve=chain: each contiguous part is ranked within itself (TC's code); score_only ranks all parts
-    together. Masks only: no model."""
+    """evolve=chain, TC's code: ⌊N/R⌋ rows per part (the last N mod R rows in none, never trained on), part 0 the
+    warm-up on all its answer tokens, each later part ranked within itself; score_only ranks all parts together.
+    Masks only: no model."""
     import numpy as np
 
-    from xtf import masking
+    from xtf import masking, rules
     from xtf.config import MethodConfig
 
-    rows = [{"id": str(i), "input_ids": [0, 1, 2, 3], "response_mask": [False, True, True, True]} for i in range(4)]
-    # base − reference loss: rows 0-1 (part 1) all high, rows 2-3 (part 2) all low
-    gaps = [np.array([0, 9, 8, 7.0]), np.array([0, 6, 5, 4.0]), np.array([0, 3, 2, 1.0]), np.array([0, 0.5, 0.4, 0.3])]
-    scores = {"nll": gaps, "ref_nll": [np.zeros(4)] * 4}
+    rows = [{"id": str(i), "input_ids": [0, 1, 2, 3], "response_mask": [False, True, True, True]} for i in range(5)]
+    # base − reference loss: rows 0-1 (part 0, the warm-up) all lowest, rows 2-3 (part 1) high; row 4 in no part
+    gaps = [np.array([0, 0.3, 0.2, 0.1]), np.array([0, 0.6, 0.5, 0.4]), np.array([0, 9, 8, 7.0]),
+            np.array([0, 6, 5, 4.0]), np.array([0, 99, 99, 99.0])]
+    scores = {"nll": gaps, "ref_nll": [np.zeros(4)] * 5}
     chain = MethodConfig(name="tc", keep_ratio=0.5, rounds=2, evolve="chain")
     keeps, _, info = masking.mask(rows, scores, chain, 0)
-    assert [int(k.sum()) for k in keeps] == [3, 0, 3, 0] and info["rule"]["evolve"] == "chain"
-    together, _, _ = masking.mask(rows, scores, MethodConfig(name="tc", keep_ratio=0.5, rounds=2,
-                                                             evolve="score_only"), 0)
-    assert [int(k.sum()) for k in together] == [3, 3, 0, 0]
+    assert [int(k.sum()) for k in keeps] == [3, 3, 3, 0, 0] and info["rule"]["evolve"] == "chain"
+    assert info["rule"]["warmup_rows"] == 2 and info["rule"]["rows_outside_parts"] == 1
+    parts, outside = rules.evolve_parts(5, 2)
+    assert [p.tolist() for p in parts] == [[0, 1], [2, 3]] and outside.tolist() == [4]
+    together, _, _ = masking.mask(rows[:4], {k: v[:4] for k, v in scores.items()},
+                                  MethodConfig(name="tc", keep_ratio=0.5, rounds=2, evolve="score_only"), 0)
+    assert [int(k.sum()) for k in together] == [0, 0, 3, 3]
 
 
 def test_structural_tokens_are_exempt_unless_asked():

@@ -78,7 +78,10 @@ def test_noisy_runs_record_detection_and_the_oracle_is_perfect(run_overrides):
 def test_tc_self_evolving_rounds(run_overrides):
     r = run(validate(compose([*run_overrides, "model.pretrain_steps=40", "task.options.n_train=48",
                               "task.options.n_test=4", "method=tc", "method.rounds=3", "method.reference_warmup=8"])))
-    assert r["mask"]["kept_fraction"] == pytest.approx(0.6, abs=0.01) and "reference" in r["scoring"]["computed"]
+    # TC's chain: part 0 (a third of the rows) warms the reference up on every answer token, parts 1-2 keep 60 %
+    rule = r["mask"]["rule"]
+    assert rule["evolve"] == "chain" and rule["warmup_rows"] >= 1 and "reference" in r["scoring"]["computed"]
+    assert 0.65 < r["mask"]["kept_fraction"] < 0.8
 
 
 @pytest.mark.parametrize("task", [["task=synth", "task.options.filler_rate=0.5"],

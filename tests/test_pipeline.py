@@ -53,6 +53,23 @@ def test_relaunch_skips_a_complete_run_and_force_reruns_it(run_overrides, capsys
     assert forced["training"]["loss_history"] == first["training"]["loss_history"]
 
 
+def test_reusing_a_record_of_other_code_warns_naming_the_stage(run_overrides, capsys, monkeypatch):
+    """The run id is the config and the data/weights by content, not the code: a complete record computed under
+    other rules (an older mask version) is reused, but the console says which stage changed and how to rerun."""
+    from xtf import pipeline
+    small_run(run_overrides)
+    capsys.readouterr()
+    small_run(run_overrides)
+    assert "WARNING" not in capsys.readouterr().out
+    monkeypatch.setattr(pipeline, "MASK_VERSION", pipeline.MASK_VERSION + 1)
+    monkeypatch.setitem(pipeline.scoring.SCORER_VERSIONS, "forward", 99)
+    small_run(run_overrides)
+    out = capsys.readouterr().out
+    assert "already complete" in out and "computed by other code" in out
+    assert f"mask v{pipeline.MASK_VERSION - 1} → v{pipeline.MASK_VERSION}" in out and "scorers.forward" in out
+    assert "force=true" in out
+
+
 # Golden numbers: the first training losses of the seeded SMALL run. They catch silent changes to data
 # generation, tokenisation, the tiny base, masking or the loss. If a change is intended, bump the version of
 # the function that changed and update these numbers in the same commit.

@@ -72,6 +72,17 @@ def test_conversion_is_a_plain_folder_with_provenance_and_is_reused(smol, sessio
     assert not any(p.suffix == ".gguf" for p in Path(weights).rglob("*"))
 
 
+def test_a_second_conversion_has_the_same_identity(smol, tmp_path):
+    """Run ids of the same weights must not depend on which machine (or when) converted them: a fresh
+    conversion in another cache gives a byte-identical folder (a duration in gguf.json once broke this)."""
+    from xtf.identity import identity_files, weights_identity
+    weights, _, _ = smol
+    again = models.resolve_weights(SMOL, str(tmp_path))
+    assert Path(again) != Path(weights)
+    assert [p.name for p in identity_files(again)] == [p.name for p in identity_files(weights)]
+    assert weights_identity(again) == weights_identity(weights)
+
+
 def test_smollm2_ri_in_the_attention_function_equals_eager_formula(smol):
     _, model, tok = smol
     rows = _rows(tok, ["Natalia sold clips to 48 of her friends in April, and then half as many in May.",

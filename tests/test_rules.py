@@ -204,7 +204,7 @@ def test_top_k_global_vs_sample():
 
 def test_top_k_ties_nan_rounding():
     s = [np.array([3.0, 3, 1]), np.array([3.0, 0])]
-    # global: round(5 * 0.4) = 2 among the three 3s → sample 0 first, positions 0 and 1
+    # global: int(5 * 0.4) = 2 among the three 3s → sample 0 first, positions 0 and 1
     assert [k.tolist() for k in rules.top_k_keep(s, 0.4, "global")] == [[True, True, False], [False, False]]
     # sample, Token Cleaning's floor: int(3 · 0.4) = 1 → position 0; int(2 · 0.4) = 0 → nothing (round would keep 1)
     assert [k.tolist() for k in rules.top_k_keep(s, 0.4, "sample")] == [[True, False, False], [False, False]]
@@ -213,9 +213,12 @@ def test_top_k_ties_nan_rounding():
     assert [k.tolist() for k in out] == [[False, False, False], [False, False], []]
     # int(5 · 0.5) = 2 where round half up would give 3
     assert rules.top_k_keep([np.arange(5.0)], 0.5, "sample")[0].sum() == 2
-    # global: round(0.5 * 5) = round half up = 3 (Python's round would give 2), but only 2 non-NaN scores
+    # global: int(0.5 * 5) = 2 of the 5 tokens (NaN ones count in n, as TC counts every answer token)
     out = rules.top_k_keep([np.array([1.0, NAN, 2]), np.array([NAN, NAN])], 0.5, "global")
     assert [k.tolist() for k in out] == [[True, False, True], [False, False]]
+    # global, Token Cleaning's floor: int(5 · 0.5) = 2 (round half up would keep 3); int(1556 · 0.6) = 933
+    assert sum(int(k.sum()) for k in rules.top_k_keep([np.arange(3.0), np.arange(2.0)], 0.5, "global")) == 2
+    assert sum(int(k.sum()) for k in rules.top_k_keep([np.arange(1556.0)], 0.6, "global")) == 933
     assert rules.top_k_keep([], 0.5, "global") == []
 
 

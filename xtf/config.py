@@ -156,11 +156,16 @@ class MethodConfig:
     scope: Literal["global", "sample"] = "global"  # TC: top-k over the whole set, or within each sample
     reference_warmup: int = 200        # warm-up subset size (first N training examples) for the reference model
     rounds: int = 1                    # TC self-evolving: R > 1 parts, each scored by a reference evolved on the last
-    evolve: Literal["chain", "score_only"] = "chain"  # rounds > 1. chain (TC's code): each part ranked within
+    evolve: Literal["chain", "score_only"] = "chain"  # rounds > 1. chain (TC's code): parts of ⌊N/R⌋ rows,
+                                       # part 0 the warm-up (all answer tokens), each later part ranked within
                                        # itself, the reference fine-tuned part by part, the chain's last model IS
                                        # the result; score_only: the chain only scores, all parts are ranked
                                        # together and the base is then fine-tuned on every row (this harness's v1)
-    reference_lora_r: int = 64         # TC's reference model: LoRA r 64, dropout 0.1, lr 1e-4, 3 % warm-up
+    reference_lora_r: int = 64         # TC's reference model: LoRA r 64, alpha 16, dropout 0.1, lr 1e-4, 3 % warm-up
+    # TC's bash_src/finetune.sh passes --lora_alpha 16 with r 64 (this harness used 2r = 128 before, 8x the LoRA
+    # scaling). Added after runs existed: in the run id only when changed (the reference cache is keyed by its
+    # full training config, so the new default trains a new reference).
+    reference_lora_alpha: int = field(default=16, metadata=ID_OMIT_DEFAULT)
     reference_lora_dropout: float = 0.1
     reference_lr: float = 1e-4
     reference_warmup_ratio: float = 0.03
@@ -316,6 +321,7 @@ _RANGES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "method.tr.classes": (lambda v: 2 <= v <= 5, "in [2, 5] (Multi-Otsu search time explodes beyond 5)"),
     "method.tr.weight": (lambda v: v > 0, "> 0"),
     "method.reference_lora_r": (lambda v: v >= 1, ">= 1"),
+    "method.reference_lora_alpha": (lambda v: v > 0, "> 0"),
     "method.reference_lora_dropout": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "method.reference_lr": (lambda v: 0 < v < 1, "in (0, 1)"),
     "method.reference_warmup_ratio": (lambda v: 0 <= v < 1, "in [0, 1)"),

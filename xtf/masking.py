@@ -20,7 +20,7 @@ import numpy as np
 from xtf import online, rules
 
 log = logging.getLogger(__name__)
-MASK_VERSION = 3  # bump when any mask rule changes behaviour
+MASK_VERSION = 4  # bump when any mask rule changes behaviour
 
 
 def structural_ids(tokenizer) -> frozenset[int]:
@@ -129,19 +129,33 @@ def xtf(rows, scores, method, seed, special=frozenset()):
 
 
 def tc(rows, scores, method, seed, special=frozenset()):
-    """Token Cleaning: score = base-model loss − reference-model loss per answer token; keep the top
-    `keep_ratio` (globally or per sample). High score = the reference learned it from the data: informative."""
-    per_sample = [(nll - ref)[_answer(r)] for r, nll, ref in zip(rows, scores["nll"], scores["ref_nll"])]
+    """Token Cleaning: score = base-model loss − reference-model loss per answer token (in float64, as TC's
+    np.array(loss1) - np.array(loss2) of the stored float32 losses); keep the top `keep_ratio` (globally or per
+    sample, xtf.rules.top_k_keep). High score = the reference learned it from the data: informative."""
+    per_sample = [tc_scores(r, nll, ref) for r, nll, ref in zip(rows, scores["nll"], scores["ref_nll"])]
+    info = {"keep_ratio": method.keep_ratio, "scope": method.scope, "rounds": method.rounds,
+            "evolve": method.evolve if method.rounds > 1 else None}
     if method.rounds > 1 and method.evolve == "chain":
-        # TC's self-evolving chain: part r is ranked within itself, against the reference of its own round (the
-        # same contiguous parts as xtf.scoring.reference_nll); these are the tokens each part was trained on.
-        kept = []
-        for idx in np.array_split(np.arange(len(rows)), method.rounds):
-            kept += rules.top_k_keep([per_sample[i] for i in idx], method.keep_ratio, method.scope)
+        # TC's self-evolving chain (self_evolving_cleaning.sh): part 0 warms the reference up on all its answer
+        # tokens; each later part is ranked within itself against the reference of its own round (the parts of
+        # xtf.scoring.reference_nll); rows past the last part are never trained on. These are the tokens the
+        # chain was trained on.
+        parts, outside = rules.evolve_parts(len(rows), method.rounds)
+        kept = [np.zeros(len(v), dtype=bool) for v in per_sample]
+        for i in parts[0]:
+            kept[i][:] = True
+        for idx in parts[1:]:
+            for i, k in zip(idx, rules.top_k_keep([per_sample[i] for i in idx], method.keep_ratio, method.scope)):
+                kept[i] = k
+        info.update(warmup_rows=len(parts[0]), rows_outside_parts=len(outside))
     else:
         kept = rules.top_k_keep(per_sample, method.keep_ratio, method.scope)
-    return _scatter(rows, kept), {}, {"keep_ratio": method.keep_ratio, "scope": method.scope,
-                                      "rounds": method.rounds, "evolve": method.evolve if method.rounds > 1 else None}
+    return _scatter(rows, kept), {}, info
+
+
+def tc_scores(row: dict, nll, ref_nll) -> np.ndarray:
+    """TC's per-token score of one row's answer tokens: base loss − reference loss, in float64."""
+    return (np.asarray(nll, dtype=np.float64) - np.asarray(ref_nll, dtype=np.float64))[_answer(row)]
 
 
 def df(rows, scores, method, seed, special=frozenset()):

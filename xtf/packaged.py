@@ -38,7 +38,10 @@ from xtf import cache
 from xtf.config import ModelConfig
 
 log = logging.getLogger(__name__)
-CONVERT_VERSION = 1   # bump when the conversion changes the folder it writes for the same GGUF file
+# Bump when the conversion changes the folder it writes for the same GGUF file. 2: gguf.json no longer records the
+# conversion's duration — every file of the folder enters the weights' identity (xtf.identity), so it must be the
+# same bytes on every machine, or run ids of the same weights would differ between conversions.
+CONVERT_VERSION = 2
 
 
 class PackageMissing(RuntimeError):
@@ -140,7 +143,7 @@ def _convert(parts: list[Path], source: dict, sha256: str, size: int, tmp: Path)
     staging.rmdir()
     (tmp / "gguf.json").write_text(json.dumps(
         {"source": source, "gguf_sha256": sha256, "gguf_bytes": size, "convert_version": CONVERT_VERSION,
-         "architecture": type(model).__name__, "seconds": round(time.time() - started, 1)}, indent=1))
+         "architecture": type(model).__name__}, indent=1))
     log.info("converted %s in %.0f s", gguf.name, time.time() - started)
 
 

@@ -23,6 +23,24 @@ from xtf.train import TRAIN_VERSION, finetune
 log = logging.getLogger(__name__)
 
 
+def code_versions(task) -> dict:
+    """The versions of every stage's rules, recorded in each run (bumped when a stage's behaviour changes)."""
+    return {"tokenize": data.TOKENIZE_VERSION, "mask": MASK_VERSION, "train": TRAIN_VERSION,
+            "eval": EVAL_VERSION, "extract": task.EXTRACT_VERSION, "scorers": dict(scoring.SCORER_VERSIONS),
+            "online": online.ONLINE_VERSION, "augment": augment.AUGMENT_VERSION}
+
+
+def changed_versions(recorded: dict, current: dict, prefix: str = "") -> list[str]:
+    """'stage vOLD → vNEW' for every version that differs between a record and this code (nested: scorers)."""
+    out = []
+    for key in sorted(set(recorded) | set(current)):
+        old, new = recorded.get(key), current.get(key)
+        if isinstance(old, dict) or isinstance(new, dict):
+            out += changed_versions(old or {}, new or {}, f"{prefix}{key}.")
+        elif old != new:
+            out.append(f"{prefix}{key} v{old} → v{new}")
+    return out
+
 def run(cfg: RunConfig) -> dict:
     """Run one experiment cell and return its record (the content of results.json)."""
     results.check_writable(cfg)  # first: a read-only results folder fails now, not after training
@@ -56,6 +74,10 @@ def _run(cfg: RunConfig) -> dict:
     if existing and not cfg.force:
         if main:
             print(f"[xtf] already complete, skipping (force=true reruns): {folder}")
+            changed = changed_versions(existing.get("versions") or {}, code_versions(task))
+            if changed:  # the run id is the config and the data/weights by content, not the code's version
+                print(f"[xtf] WARNING: this record was computed by other code: {'; '.join(changed)}. "
+                      "Its numbers may differ from what this code computes: force=true reruns it.")
             print_summary(existing, folder)
         return existing
     device = distributed.device(cfg.device)  # cuda:LOCAL_RANK on a multi-GPU run
@@ -130,9 +152,7 @@ def _run(cfg: RunConfig) -> dict:
             "augmentation": augmentation,
             "eval_protocol": protocol,
             "data": data.record_section(used, cfg.eval.split),
-            "versions": {"tokenize": data.TOKENIZE_VERSION, "mask": MASK_VERSION, "train": TRAIN_VERSION,
-                         "eval": EVAL_VERSION, "extract": task.EXTRACT_VERSION, "scorers": scoring.SCORER_VERSIONS,
-                         "online": online.ONLINE_VERSION, "augment": augment.AUGMENT_VERSION},
+            "versions": code_versions(task),
             "weights": weights,
             "config": dataclasses.asdict(cfg),
             "provenance": results.provenance(str(device)),

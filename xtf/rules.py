@@ -205,12 +205,14 @@ def union(masks: list[np.ndarray]) -> np.ndarray:
 def top_k_keep(scores: list[np.ndarray], keep_ratio: float, scope: str) -> list[np.ndarray]:
     """TC: keep the answer tokens with the highest scores (base loss - reference loss).
 
-    scores: one (n_i,) array per sample. scope="global": keep k = round(keep_ratio·Σn_i) (half up) tokens over
-    all samples; scope="sample": in each sample keep k_i = int(n_i·keep_ratio) = ⌊n_i·keep_ratio⌋, as Token
-    Cleaning's code does (a sample of 3 tokens at 0.3 keeps none).
-    Order: a stable sort on (-score, sample index, position), so ties go to the earlier
-    sample, then the earlier position. NaN scores are never kept (fewer than k are kept if needed).
-    Returns keep masks, one (n_i,) bool array per sample."""
+    scores: one (n_i,) array per sample. scope="global": keep k = int(Σn_i·keep_ratio) = ⌊Σn_i·keep_ratio⌋ tokens
+    over all samples; scope="sample": in each sample keep k_i = int(n_i·keep_ratio) (a sample of 3 tokens at 0.3
+    keeps none) — both exactly as Token Cleaning's code counts them (scripts/generate_token_label.py,
+    get_global_top_k_indices / get_sample_top_k_indices: `int(len(response_tokens)*data_prop)`).
+    Order: a stable sort on (-score, sample index, position), so ties go to the earlier sample, then the earlier
+    position — what TC's `sorted(..., reverse=True)` over tokens listed in (sample, position) order gives. NaN
+    scores are never kept (fewer than k are kept if needed; TC's scores have none). Scores are compared in
+    float64. Returns keep masks, one (n_i,) bool array per sample."""
     if scope not in ("global", "sample"):
         raise ValueError(f"scope={scope!r}; choose 'global' or 'sample'")
     scores = [np.asarray(s, dtype=np.float64).reshape(-1) for s in scores]
@@ -226,12 +228,22 @@ def top_k_keep(scores: list[np.ndarray], keep_ratio: float, scope: str) -> list[
         if scores:
             sid = np.concatenate([np.full(s.size, i, dtype=np.int64) for i, s in enumerate(scores)])
             pos = np.concatenate([np.arange(s.size) for s in scores])
-            pick(sid, pos, np.concatenate(scores), _round_half_up(keep_ratio * sid.size))
+            pick(sid, pos, np.concatenate(scores), int(sid.size * keep_ratio))
     else:
         for i, s in enumerate(scores):
             if s.size:
                 pick(np.full(s.size, i), np.arange(s.size), s, int(s.size * keep_ratio))
     return keeps
+
+
+def evolve_parts(n_rows: int, rounds: int) -> tuple[list[np.ndarray], np.ndarray]:
+    """TC's self-evolving split (scripts/generate_subset.py): `rounds` contiguous parts of ⌊n_rows/rounds⌋ rows
+    each, part i = rows [i·size, (i+1)·size); the last n_rows mod rounds rows are in no part (TC's code never
+    trains on them). Returns (parts, rows outside every part), index arrays."""
+    if rounds < 1:
+        raise ValueError(f"rounds={rounds}; need >= 1")
+    size = n_rows // rounds
+    return [np.arange(i * size, (i + 1) * size) for i in range(rounds)], np.arange(rounds * size, n_rows)
 
 
 def random_matched(n_mask: list[int], n_answer: list[int], seed: int) -> list[np.ndarray]:

@@ -353,11 +353,12 @@ def _save_scores(tmp: Path, scores: dict) -> None:
 
 # ---------------------------------------------------------------------------------------------- orchestration
 def reference_train_config(cfg):
-    """The reference model's training: one epoch of LoRA with TC's settings (method.reference_*: r 64,
-    dropout 0.1, lr 1e-4, 3 % warm-up by default), everything else as the run's train config."""
+    """The reference model's training: one epoch of LoRA with TC's settings (method.reference_*: r 64, alpha 16,
+    dropout 0.1, lr 1e-4, 3 % warm-up by default, as TC's bash_src/finetune.sh), everything else as the run's
+    train config."""
     m = cfg.method
     return dataclasses.replace(cfg.train, epochs=1.0, mode="lora", lora_r=m.reference_lora_r,
-                               lora_alpha=2 * m.reference_lora_r, lora_dropout=m.reference_lora_dropout,
+                               lora_alpha=m.reference_lora_alpha, lora_dropout=m.reference_lora_dropout,
                                lr=m.reference_lr, warmup_ratio=m.reference_warmup_ratio)
 
 
@@ -366,44 +367,61 @@ def reference_nll(cfg, weights: str, tokenizer, rows: list[dict], out_dir: Path,
     """{"ref_nll": [...]}: the base fine-tuned (`reference_train_config`) on the first `method.reference_warmup`
     rows (all answer tokens, the run's seed), then scored on every row. Used by TC and SLM.
 
-    TC's self-evolving variant (`method.rounds` = R > 1, needs `base_nll`): the rows are split into R contiguous
-    parts; part r is scored by the reference of round r and its top-`keep_ratio` tokens (base − reference loss,
-    ranked WITHIN the part, `method.scope`) fine-tune that reference (the run's train config) into the next one.
-      evolve=chain (TC's code): every part trains the chain, and the chain's last model IS the result: it is
-              returned as "_model" (cached_scores stores it with the scores; the pipeline evaluates it instead
-              of fine-tuning the base). The masks rank each part within itself (ref_nll of its own round).
-      evolve=score_only (v1 of this harness): the last part does not train; the chain only scores."""
-    from xtf import rules
+    TC's self-evolving variant (`method.rounds` = R > 1, needs `base_nll`):
+      evolve=chain (TC's self_evolving_cleaning.sh): the rows are split as TC's generate_subset.py splits them
+              (xtf.rules.evolve_parts: R contiguous parts of ⌊N/R⌋ rows; the last N mod R rows are in no part).
+              Part 0 is the warm-up: the base fine-tuned (`reference_train_config`) on all its answer tokens
+              (`method.reference_warmup` is not used). Each later part r is scored by the current reference,
+              its top-`keep_ratio` tokens (base − reference loss, ranked WITHIN the part, `method.scope`)
+              fine-tune that reference (the run's train config) into the next one; the chain's last model IS
+              the result, returned as "_model" (cached_scores stores it with the scores; the pipeline
+              evaluates it instead of fine-tuning the base). Part 0's rows are scored by the warm-up reference,
+              rows outside every part by the reference that scored the last part (for the reports only).
+      evolve=score_only (v1 of this harness): warm-up on the first `reference_warmup` rows, then R parts of
+              np.array_split; part r is scored by the reference of round r, whose selected tokens train the
+              next one; the last part does not train; the chain only scores."""
+    from xtf import masking, rules
     from xtf.models import load_model, pick_device
     from xtf.train import finetune
 
     ref_train = reference_train_config(cfg)
-    warm = rows[: cfg.method.reference_warmup]
+    rounds = cfg.method.rounds if base_nll is not None else 1
+    chain = rounds > 1 and cfg.method.evolve == "chain"
+    if chain:
+        parts, outside = rules.evolve_parts(len(rows), rounds)
+        if not len(parts[0]):
+            raise ValueError(f"method.rounds={rounds} needs at least {rounds} training rows, got {len(rows)}")
+        warm_idx = parts[0]
+        # per round: (rows its reference scores, rows ranked and trained on); part 0 is scored with part 1, the
+        # rows outside every part with the last part
+        scored = list(parts[1:])
+        scored[0] = np.concatenate([warm_idx, scored[0]])
+        scored[-1] = np.concatenate([scored[-1], outside])
+        plan = list(zip(scored, parts[1:]))
+    else:
+        warm_idx = np.arange(min(cfg.method.reference_warmup, len(rows)))
+        plan = [(idx, idx) for idx in np.array_split(np.arange(len(rows)), rounds)]
+    warm = [rows[i] for i in warm_idx]
     torch.manual_seed(cfg.seed)
     ref = load_model(cfg.model, weights, pick_device(cfg.device))
     ref, _ = finetune(ref, tokenizer, warm, [np.asarray(r["response_mask"], bool) for r in warm],
                       ref_train, cfg.model, 1, cfg.seed, out_dir)
-    rounds = cfg.method.rounds if base_nll is not None else 1
-    chain = rounds > 1 and cfg.method.evolve == "chain"
     ref_nll: list = [None] * len(rows)
-    parts = np.array_split(np.arange(len(rows)), rounds)
-    for r, idx in enumerate(parts):
-        part = [rows[i] for i in idx]
-        nll = forward_scores(ref, part, tokenizer.pad_token_id, cfg.eval.batch_size, None,
-                             desc=f"reference scoring {r + 1}/{rounds}")["nll"]
-        for i, values in zip(idx, nll):
+    for r, (scored, ranked) in enumerate(plan):
+        nll = forward_scores(ref, [rows[i] for i in scored], tokenizer.pad_token_id, cfg.eval.batch_size, None,
+                             desc=f"reference scoring {r + 1}/{len(plan)}")["nll"]
+        for i, values in zip(scored, nll):
             ref_nll[i] = values
-        if r + 1 < rounds or chain:  # evolve: train the chain on this part's selected tokens
-            answers = [np.asarray(row["response_mask"], bool) for row in part]
-            selected = rules.top_k_keep([(base_nll[i] - ref_nll[i])[a] for i, a in zip(idx, answers)],
+        if r + 1 < len(plan) or chain:  # evolve: train the chain on this part's selected tokens
+            selected = rules.top_k_keep([masking.tc_scores(rows[i], base_nll[i], ref_nll[i]) for i in ranked],
                                         cfg.method.keep_ratio, cfg.method.scope)
             keeps = []
-            for a, sel in zip(answers, selected):
-                k = np.zeros_like(a)
-                k[a] = sel
+            for i, sel in zip(ranked, selected):
+                k = np.zeros(len(rows[i]["input_ids"]), dtype=bool)
+                k[np.asarray(rows[i]["response_mask"], bool)] = sel
                 keeps.append(k)
             trainable = [j for j, k in enumerate(keeps) if k.any()]
-            ref, _ = finetune(ref, tokenizer, [part[j] for j in trainable], [keeps[j] for j in trainable],
+            ref, _ = finetune(ref, tokenizer, [rows[ranked[j]] for j in trainable], [keeps[j] for j in trainable],
                               cfg.train if chain else ref_train, cfg.model,
                               cfg.method.epochs_factor if chain else 1, cfg.seed, out_dir / f"round{r + 1}")
     if chain:
@@ -420,8 +438,11 @@ def compute_scores(needed: tuple[str, ...], cfg, model, tokenizer, rows: list[di
     ri = cfg.method.ri
     # The self-evolving chain needs the base losses; SLM's reference never evolves (its rounds stay 1).
     evolving = cfg.method.rounds if cfg.method.rounds > 1 else 0
+    # "tc_parts": the chain follows TC's generate_subset.py split with part 0 as the warm-up (v1 of the chain used
+    # np.array_split and a separate warm-up): a new key, so no earlier chain is reused.
     evolve_spec = [evolving, cfg.method.keep_ratio, cfg.method.scope, cfg.method.evolve,
-                   cfg.method.epochs_factor] if evolving else None
+                   cfg.method.epochs_factor] + (["tc_parts"] if cfg.method.evolve == "chain" else []) \
+        if evolving else None
     scores, info = {}, {"computed": [], "cache_keys": {}}
     groups = {
         # One forward pass gives nll, kn (= PCP) and ri.
