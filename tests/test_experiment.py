@@ -65,8 +65,8 @@ def test_every_spec_composes(tmp_path):
 # Tables on the tiny model compose in seconds (make test); those on a packaged real LM need its converted weights
 # and the shared data (make test-real). A table known to be stale is listed here with why, strict: regenerating it
 # makes its test pass, and then the entry must go.
-TINY_TABLES = ["noise_benchmark", "threshold_sweep", "table1_tiny", "table2_tiny", "code_passk_tiny"]
-REAL_TABLES = ["threshold_sweep_real", "all_methods"]
+TINY_TABLES = ["noise_benchmark", "threshold_sweep", "code_passk_tiny"]
+REAL_TABLES = ["threshold_sweep_real", "all_methods", "table1_smollm2", "table2_smollm2"]
 STALE = {
     "noise_benchmark": "its xtf-family and random rows predate the RI fence on log RI; the new methods' cells "
                        "(sstoken, profit, stm, dft, da) have no runs yet: make bench-noise regenerates it",
@@ -74,18 +74,18 @@ STALE = {
     "threshold_sweep_real": "its SmolLM2 run ids came from a conversion whose gguf.json held its duration "
                             "(packaged.CONVERT_VERSION 1): make sweep EXP=threshold_sweep_real",
     "all_methods": "not run yet: make sweep EXP=all_methods",
-    "table1_tiny": "the tiny stand-in of Table 1 predates DA and the structural-token exemption; to be replaced by "
-                   "the SmolLM2 stand-in (issue 10 item 4), not yet run",
-    "table2_tiny": "the tiny stand-in of Table 2 predates the RI fence on log RI; to be replaced by the SmolLM2 "
-                   "stand-in (issue 10 item 4), not yet run",
+    "table1_smollm2": "Table 1's CPU variant on SmolLM2-135M (issue 10 item 4): not run yet, "
+                      "make sweep EXP=table1 STAND_IN=1 (48 runs, ~2.5 h on 2 cores)",
+    "table2_smollm2": "Table 2's CPU variant on SmolLM2-135M (issue 10 item 4): not run yet, "
+                      "make sweep EXP=table2 STAND_IN=1 (48 runs)",
     "code_passk_tiny": "its XTF rows predate the RI fence on log RI (its other 77 runs match); rerun with "
                        "make sweep EXP=code_passk STAND_IN=1",
 }
 
 
 def _check_table_run_ids(name: str) -> None:
-    stand_in = name.endswith("_tiny")
-    spec_name = name[: -len("_tiny")] if stand_in else name
+    stand_in = not (ROOT / "experiments" / f"{name}.yaml").is_file()  # <spec>_<stand-in suffix>
+    spec_name = name.rsplit("_", 1)[0] if stand_in else name
     table = ROOT / "results" / "tables" / f"{name}.json"
     if not table.is_file():
         pytest.fail(f"{table} is not committed")
@@ -149,6 +149,22 @@ def test_stand_in_variant_swaps_real_models_for_tiny_ones_and_keeps_the_layout(t
     (tmp_path / "g.yaml").write_text(GRID)
     with pytest.raises(SpecError, match="stand_in"):
         load_experiment(tmp_path / "g.yaml", stand_in=True)
-    for path in spec_files():  # the paper tables all have a runnable stand-in
+    for path in spec_files():  # the paper tables all have a runnable CPU stand-in
         if path.stem in ("table1", "table2", "code_passk"):
-            assert all("model=tiny" in o for _, _, o in expand(load_experiment(path, stand_in=True)))
+            cpu = "model=tiny" if path.stem == "code_passk" else "model=smollm2_135m"
+            assert all(cpu in o for _, _, o in expand(load_experiment(path, stand_in=True)))
+
+
+def test_stand_in_exclude_suffix_and_replaced_base_keys(tmp_path):
+    """Table 1's CPU variant: LoRA rows only (stand_in.exclude), results under table1_smollm2 (stand_in.suffix);
+    Table 2's: a stand-in override replaces the base's override of the same key (train=lora for train=full)."""
+    t1 = load_experiment(ROOT / "experiments" / "table1.yaml", stand_in=True)
+    assert t1["name"] == "table1_smollm2" and t1["seeds"] == [0, 1, 2] and t1["labels"]["train"] == ["LoRA"]
+    assert {p["train"] for p in t1["points"].values()} == {"LoRA"} and set(t1["points"]) == set(t1["cells"])
+    assert {p["method"] for p in t1["points"].values()} >= {"CA", "Normal", "DA", "TC", "SLM", "XTF"}
+    t2 = load_experiment(ROOT / "experiments" / "table2.yaml", stand_in=True)
+    assert t2["name"] == "table2_smollm2" and "train=full" not in t2["base"] and "train=lora" in t2["base"]
+    (tmp_path / "g.yaml").write_text(GRID + "stand_in: {exclude: [{train: GPU}]}\n")
+    from xtf.experiment import SpecError
+    with pytest.raises(SpecError, match=r"stand_in.exclude\[0\].train: unknown label 'GPU'"):
+        load_experiment(tmp_path / "g.yaml", stand_in=True)

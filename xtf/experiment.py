@@ -128,9 +128,11 @@ def load_experiment(path: str | Path, stand_in: bool = False) -> dict:
     table, plot, path. Errors name the file, the key and what is allowed (SpecError).
 
     stand_in=True: the spec's `stand_in` variant — the same grid and table layout with every real model replaced
-    by a tiny CPU model (`stand_in.models`, default `tiny`), plus `stand_in.overrides` (small data) and
-    `stand_in.seeds`, recorded under the experiment `<name>_tiny`: the whole path from runs to the paper's table
-    layout, checked on a laptop before any GPU hour is spent. Its numbers say nothing about the paper's."""
+    by a CPU-sized model (`stand_in.models` per model, else `stand_in.default_model`, default `tiny`; a packaged
+    real LM such as smollm2_135m works too), plus `stand_in.overrides` (small data), `stand_in.seeds` and
+    `stand_in.exclude` (cells to leave out, as `exclude`), recorded under the experiment `<name>_<suffix>`
+    (`stand_in.suffix`, default `tiny`): the whole path from runs to the paper's table layout, checked on a CPU
+    before any GPU hour is spent. Its numbers say nothing about the paper's models."""
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text())
@@ -198,13 +200,17 @@ def load_experiment(path: str | Path, stand_in: bool = False) -> dict:
 
 
 def _stand_in(path: Path, spec: dict, block) -> dict:
-    """The spec with real models swapped for tiny ones (see load_experiment)."""
+    """The spec with real models swapped for CPU-sized ones (see load_experiment)."""
     if not isinstance(block, dict):
         _fail(path, "stand_in", "this experiment has no 'stand_in' block {models, overrides, seeds}")
-    unknown = sorted(set(block) - {"models", "default_model", "overrides", "seeds"})
+    allowed = ["models", "default_model", "overrides", "seeds", "exclude", "suffix"]
+    unknown = sorted(set(block) - set(allowed))
     if unknown:
-        _fail(path, f"stand_in.{unknown[0]}", "unknown key; allowed: ['models', 'default_model', 'overrides', 'seeds']")
+        _fail(path, f"stand_in.{unknown[0]}", f"unknown key; allowed: {allowed}")
     models, default = dict(block.get("models") or {}), str(block.get("default_model", "tiny"))
+    suffix = str(block.get("suffix", STAND_IN_SUFFIX.lstrip("_")))
+    if not _NAME.match(suffix):
+        _fail(path, "stand_in.suffix", f"{suffix!r}: letters, digits and underscores (results go under <name>_<suffix>)")
 
     def swap(overrides: list[str]) -> list[str]:
         return [f"model={models.get(o[6:], default)}" if o.startswith("model=") else o for o in overrides]
@@ -213,13 +219,32 @@ def _stand_in(path: Path, spec: dict, block) -> dict:
     if not isinstance(seeds, list) or not seeds or not all(isinstance(x, int) and x >= 0 for x in seeds):
         _fail(path, "stand_in.seeds", f"expected a non-empty list of integers >= 0, got {seeds!r}")
     extra = _overrides(path, "stand_in.overrides", block.get("overrides") or [])
-    return {**spec, "name": spec["name"] + STAND_IN_SUFFIX, "seeds": seeds,
-            "base": swap(spec["base"]) + extra,
-            "cells": {label: swap(ov) for label, ov in spec["cells"].items()},
-            "description": ("**Stand-in run:** every model column is a tiny CPU model (" + (
-                ", ".join(f"{k} → {v}" for k, v in models.items()) or f"all → {default}") + f"; "
-                f"{' '.join(extra)}). It checks the path from runs to this table; its numbers say nothing about "
-                f"the paper's.\n\n" + spec["description"])}
+    # stand_in.exclude: grid cells the CPU variant leaves out (e.g. {train: full}: LoRA rows only), as `exclude`
+    exclude = block.get("exclude") or []
+    if not isinstance(exclude, list) or not all(isinstance(e, dict) and e for e in exclude):
+        _fail(path, "stand_in.exclude", "expected a list of mappings {coordinate: label}")
+    for i, ex in enumerate(exclude):
+        for k, v in ex.items():
+            if k not in spec["labels"]:
+                _fail(path, f"stand_in.exclude[{i}]", f"unknown coordinate {k!r}; coordinates: {spec['coords']}")
+            if str(v) not in spec["labels"][k]:
+                _fail(path, f"stand_in.exclude[{i}].{k}", f"unknown label {v!r}; labels: {spec['labels'][k]}")
+    kept = [label for label in spec["cells"]
+            if not any(all(spec["points"][label][k] == str(v) for k, v in ex.items()) for ex in exclude)]
+    if not kept:
+        _fail(path, "stand_in.exclude", "excludes every cell")
+    points = {label: spec["points"][label] for label in kept}
+    labels = {c: [lb for lb in spec["labels"][c] if any(p[c] == lb for p in points.values())] for c in spec["coords"]}
+    shown = ", ".join(f"{k} → {v}" for k, v in models.items()) or f"all → {default}"
+    # A stand-in override replaces the base's override of the same key (e.g. train=lora for a base train=full).
+    replaced = {o.partition("=")[0] for o in extra}
+    base = [o for o in swap(spec["base"]) if o.partition("=")[0] not in replaced] + extra
+    return {**spec, "name": f"{spec['name']}_{suffix}", "seeds": seeds, "base": base,
+            "cells": {label: swap(spec["cells"][label]) for label in kept}, "points": points, "labels": labels,
+            "description": (f"**Stand-in run:** every model column is a CPU-sized model ({shown}; {' '.join(extra)}"
+                            + (f"; without {', '.join(str(e) for e in exclude)}" if exclude else "")
+                            + "). It checks the path from runs to this table on a CPU; its numbers say nothing "
+                            "about the paper's models.\n\n" + spec["description"])}
 
 
 def _check_duplicates(path, where: str, overrides: list[str]) -> None:
