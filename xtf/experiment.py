@@ -210,7 +210,8 @@ def _stand_in(path: Path, spec: dict, block) -> dict:
     models, default = dict(block.get("models") or {}), str(block.get("default_model", "tiny"))
     suffix = str(block.get("suffix", STAND_IN_SUFFIX.lstrip("_")))
     if not _NAME.match(suffix):
-        _fail(path, "stand_in.suffix", f"{suffix!r}: letters, digits and underscores (results go under <name>_<suffix>)")
+        _fail(path, "stand_in.suffix", f"{suffix!r}: letters, digits and underscores (results go under "
+              "<name>_<suffix>)")
 
     def swap(overrides: list[str]) -> list[str]:
         return [f"model={models.get(o[6:], default)}" if o.startswith("model=") else o for o in overrides]
