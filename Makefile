@@ -69,12 +69,12 @@ bench-train: install-bench
 install-bench: install
 	$(PY) -c "import trl" 2>/dev/null || PYTHONWARNINGS=ignore $(PY) -m pip install -q -c constraints.txt -e '.[dev,bench]'
 
-# The controlled-noise benchmark: 11 cells x 3 seeds on the tiny base; resumable; table in results/tables/.
+# The controlled-noise benchmark: 16 cells x 3 seeds on the tiny base; resumable; table in results/tables/.
 bench-noise: install
 	$(MAKE) sweep EXP=noise_benchmark
 	$(PY) -m xtf.experiment experiments/noise_benchmark.yaml --table
 
-# The same on real text: GSM8K answers with injected noise, SmolLM2-135M (11 cells x 3 seeds, ~2-3 h on 2 CPU cores).
+# The same on real text: GSM8K answers with injected noise, SmolLM2-135M (16 cells x 3 seeds, ~4 h on 2 CPU cores).
 bench-noise-real: install
 	$(MAKE) sweep EXP=noise_benchmark_real
 	$(PY) -m xtf.experiment experiments/noise_benchmark_real.yaml --table
