@@ -172,7 +172,7 @@ def trainer_kwargs(cfg, out: str) -> dict:
                 warmup_steps=t.warmup_ratio, lr_scheduler_type=t.lr_scheduler, max_grad_norm=t.max_grad_norm,
                 logging_steps=t.logging_steps, seed=cfg.seed, data_seed=cfg.seed, optim="adamw_torch", use_cpu=True,
                 report_to=[], save_strategy="no", dataloader_num_workers=0, bf16=False, fp16=False,
-                gradient_checkpointing=False, disable_tqdm=True)
+                activation_checkpointing=False, disable_tqdm=True)
 
 
 def lora_config(cfg):

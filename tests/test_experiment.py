@@ -70,7 +70,6 @@ REAL_TABLES = ["threshold_sweep_real", "all_methods", "table1_smollm2", "table2_
 STALE = {
     "noise_benchmark": "its xtf-family and random rows predate the RI fence on log RI; the new methods' cells "
                        "(sstoken, profit, stm, dft, da) have no runs yet: make bench-noise regenerates it",
-    "threshold_sweep": "predates the structural-token exemption and the RI scale key: make sweep EXP=threshold_sweep",
     "threshold_sweep_real": "its SmolLM2 run ids came from a conversion whose gguf.json held its duration "
                             "(packaged.CONVERT_VERSION 1): make sweep EXP=threshold_sweep_real",
     "all_methods": "not run yet: make sweep EXP=all_methods",

@@ -162,6 +162,8 @@ TINY = ["model=tiny_llama", "data.limit=16", "task.options.n_test=4", "train.bat
 def test_new_methods_end_to_end_on_the_tiny_model(run_overrides, tmp_path, method):
     extra = ["method=sstoken", "method.sstoken.history=ema", "train.save_steps=3"] if method == "sstoken_ema" \
         else [f"method={method}"]
+    if method == "profit":  # with injected noise: the detection of an online method is of what it selected
+        extra += ["task.options.filler_rate=0.3", "task.options.distractor_rate=0.3"]
     r = run(validate(compose([*run_overrides, *TINY, *extra])))
     assert r["status"] == "complete" and r["training"]["steps"] > 0
     folder = next((tmp_path / "results").rglob("results.json")).parent
@@ -175,6 +177,10 @@ def test_new_methods_end_to_end_on_the_tiny_model(run_overrides, tmp_path, metho
                                     ["prompt_attention"] if method == "sstoken" else [])
         assert "selected" in json.loads((folder / "score_summary.json").read_text())["attributes"]
         assert (folder / "selection.npz").is_file()
+        if method == "profit":
+            assert r["mask"]["detection_mask"].startswith("online") and r["mask"]["kept_fraction"] == 1.0
+            overall = r["detection"]["overall"]
+            assert 0 < overall["n_masked"] == overall["mask"]["tp"] + overall["mask"]["fp"]  # not "nothing masked"
     if method == "stm":
         assert r["mask"]["rule"]["direction"] == "mask_higher" and r["mask"]["kept_fraction"] < 1.0
     if method == "da":

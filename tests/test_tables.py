@@ -89,6 +89,19 @@ def test_table_from_records(tmp_path):
     assert len(runs["Normal / 0.001"]) == 2 and "TC_10% / 0.001" not in runs
 
 
+def test_a_table_without_column_coordinates_has_one_column_per_value(tmp_path):
+    """The benchmark specs (noise_benchmark, all_methods, threshold_sweep) put every coordinate in rows: one column
+    per value (a table.mean once broke exactly these)."""
+    spec = _spec(tmp_path, SPEC.replace("rows: [method]\n  columns: [lr]", "rows: [method, lr]"))
+    _write_records(spec, tmp_path)
+    paper = tmp_path / "paper.yaml"
+    paper.write_text(PAPER)
+    write_tables(spec, tmp_path / "tables", paper_numbers=paper)
+    md = (tmp_path / "tables" / "demo.md").read_text()
+    assert "| method | lr | accuracy / ours | accuracy / paper | kept / ours | kept / paper |" in md
+    assert "| Normal | 0.001 | **60.0 ± 14.1** | — | 50.0 ± 0.0 | — |" in md  # bold: best within its group
+
+
 def test_no_records_leaves_the_committed_table_alone(tmp_path):
     spec = _spec(tmp_path)
     out = tmp_path / "tables"

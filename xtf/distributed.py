@@ -321,9 +321,9 @@ def trainer_kwargs(train_cfg, model_cfg, model, on_gpu: bool) -> dict:
         })
     elif rt.strategy == "deepspeed":
         kwargs.update(deepspeed=deepspeed_config(dist_cfg.zero_stage),
-                      gradient_checkpointing=dist_cfg.activation_checkpointing)
-    elif dist_cfg.activation_checkpointing:
-        kwargs.update(gradient_checkpointing=True, gradient_checkpointing_kwargs={"use_reentrant": False})
+                      activation_checkpointing=dist_cfg.activation_checkpointing)
+    elif dist_cfg.activation_checkpointing:  # transformers 5's names (gradient_checkpointing* warn: gone in v6)
+        kwargs.update(activation_checkpointing=True, activation_checkpointing_kwargs={"use_reentrant": False})
     return kwargs
 
 

@@ -11,6 +11,7 @@ import dataclasses
 import logging
 import shutil
 
+import numpy as np
 import torch
 
 from xtf import augment, data, distributed, explain, masking, models, online, results, sandbox, scoring, tasks
@@ -127,6 +128,14 @@ def _run(cfg: RunConfig) -> dict:
                     model, tokenizer, [rows[i] for i in trainable], [keeps[i] for i in trainable], cfg.train,
                     cfg.model, cfg.method.epochs_factor, cfg.seed, results.outputs_dir(cfg), wandb_run, selector)
             model = distributed.gathered_model(model, device)  # FSDP: every weight back on each rank, to evaluate
+        # An online method's offline mask keeps every answer token; what it trained on is its selection. Against
+        # injected noise its mask is the tokens selected in at least half of their training steps (DFT: a mean
+        # loss weight of at least 0.5), so its F1 says what it filtered, not "nothing".
+        selection = online.selection_shares(selector, rows, trainable)
+        if selection is not None and detection is not None:
+            selected = [np.nan_to_num(s, nan=0.0) >= 0.5 for s in selection["share"]]
+            detection = masking.detection(rows, selected, noisy, scores, cfg.method)
+            mask_stats["detection_mask"] = "online: selected in >= 0.5 of its training steps"
         # Every rank evaluates in lockstep; greedy generation and answer NLL are shared out; only rank 0's
         # metrics are recorded (each rank has its own work folder: lm-eval writes its task files there).
         with timer("evaluate"), distributed.collective():
@@ -164,8 +173,7 @@ def _run(cfg: RunConfig) -> dict:
         with timer("explain"):
             explain.write_inputs(folder, rows, tokenizer, keeps, noisy, scores, mask_stats,
                                  {"method": cfg.method.name, "run_id": folder.name, "task": cfg.task.name,
-                                  "model": cfg.model.name}, detection,
-                                 selection=online.selection_shares(selector, rows, trainable))
+                                  "model": cfg.model.name}, detection, selection=selection)
             explain.write_report(folder)
         results.write_record(folder, record)  # last: its presence marks the run complete
         results.mirror_record(wandb_run, record)

@@ -288,10 +288,11 @@ def build(spec: dict, records: dict[str, list[dict]], paper_values: dict | None)
         for ck in [*col_keys, *([None] if mean and mean["over"] == "columns" else [])]:
             for v in values:
                 for source in sources:
-                    head = list(ck) if ck else [mean["label"]] + [""] * (len(t["columns"]) - 1)
+                    # ck == () for a table without column coordinates (one column per value); None = the mean
+                    head = list(ck) if ck is not None else [mean["label"]] + [""] * (len(t["columns"]) - 1)
                     levels = head + ([v["name"]] if show_value else []) + ([source] if t["paper"] else [])
-                    columns.append({"levels": levels, "key": ck or (mean["label"],), "value": v, "source": source,
-                                    "mean": ck is None})
+                    columns.append({"levels": levels, "key": ck if ck is not None else (mean["label"],), "value": v,
+                                    "source": source, "mean": ck is None})
         rows = []
         for rk in row_keys:
             cells = []
