@@ -68,11 +68,8 @@ def test_every_spec_composes(tmp_path):
 TINY_TABLES = ["noise_benchmark", "threshold_sweep", "code_passk_tiny"]
 REAL_TABLES = ["threshold_sweep_real", "all_methods", "table1_smollm2", "table2_smollm2"]
 STALE = {
-    "noise_benchmark": "its xtf-family and random rows predate the RI fence on log RI; the new methods' cells "
-                       "(sstoken, profit, stm, dft, da) have no runs yet: make bench-noise regenerates it",
     "threshold_sweep_real": "its SmolLM2 run ids came from a conversion whose gguf.json held its duration "
                             "(packaged.CONVERT_VERSION 1): make sweep EXP=threshold_sweep_real",
-    "all_methods": "not run yet: make sweep EXP=all_methods",
     "table1_smollm2": "Table 1's CPU variant on SmolLM2-135M (issue 10 item 4): not run yet, "
                       "make sweep EXP=table1 STAND_IN=1 (48 runs, ~2.5 h on 2 cores)",
     "table2_smollm2": "Table 2's CPU variant on SmolLM2-135M (issue 10 item 4): not run yet, "
