@@ -42,6 +42,7 @@ def changed_versions(recorded: dict, current: dict, prefix: str = "") -> list[st
             out.append(f"{prefix}{key} v{old} → v{new}")
     return out
 
+
 def run(cfg: RunConfig) -> dict:
     """Run one experiment cell and return its record (the content of results.json)."""
     results.check_writable(cfg)  # first: a read-only results folder fails now, not after training
