@@ -53,6 +53,30 @@ def test_relaunch_skips_a_complete_run_and_force_reruns_it(run_overrides, capsys
     assert forced["training"]["loss_history"] == first["training"]["loss_history"]
 
 
+def test_the_same_run_in_another_experiment_is_copied_not_rerun(run_overrides, capsys, monkeypatch):
+    """Experiments that share a cell (the same run id) compute it once: the second gets a copy of the record,
+    marked copied_from, with its own experiment name; a partial folder of its own is replaced; force reruns."""
+    from xtf import pipeline
+    first = small_run(run_overrides, "experiment=first")
+    capsys.readouterr()
+    folder = run_dir(validate(compose([*run_overrides, *SMALL, "experiment=second"])))
+    folder.mkdir(parents=True)
+    (folder / "predictions.jsonl").write_text("left by a killed run\n")
+    monkeypatch.setattr(pipeline.models, "load_model", lambda *a, **k: pytest.fail("a copied run loads no model"))
+    second = small_run(run_overrides, "experiment=second")
+    out = capsys.readouterr().out
+    assert "complete in" in out and "first/" + folder.name in out and "copied, not rerun" in out
+    assert second["copied_from"] == f"first/{folder.name}" and second["experiment"] == "second"
+    assert second["metrics"] == json.loads(json.dumps(first["metrics"]))
+    assert json.loads((folder / "results.json").read_text())["experiment"] == "second"
+    assert (folder / "predictions.jsonl").read_text() == (folder.parent.parent / "first" / folder.name /
+                                                          "predictions.jsonl").read_text()
+    assert not [p for p in folder.parent.iterdir() if p.name.startswith(".")]  # no temporary folder left
+    monkeypatch.undo()
+    forced = small_run(run_overrides, "experiment=second", "force=true")
+    assert "copied_from" not in forced and forced["experiment"] == "second"
+
+
 def test_reusing_a_record_of_other_code_warns_naming_the_stage(run_overrides, capsys, monkeypatch):
     """The run id is the config and the data/weights by content, not the code: a complete record computed under
     other rules (an older mask version) is reused, but the console says which stage changed and how to rerun."""

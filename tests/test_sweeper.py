@@ -80,6 +80,16 @@ def test_experiment_file_cells_with_the_command_line_winning(run_overrides, tmp_
     rc, out = sweep(*args)
     assert rc == 0 and "[xtf] 2 complete, skipped; 0 to run" in out and "Launching" not in out, out
 
+    # Another experiment with the same normal cell (the same run id): copied from mini_sweep, not launched.
+    other = tmp_path / "other_sweep.yaml"
+    other.write_text(spec.read_text().replace("mini_sweep", "other_sweep").replace(
+        "  random 30%: [method=random, method.match=null, method.ratio=0.3]\n", ""))
+    rc, out = sweep(f"hydra.sweeper.experiment_file={other}", "data.eval_limit=2", *run_overrides)
+    assert rc == 0 and "1 cell(s) are complete in another experiment" in out and "Launching" not in out, out
+    copied = [json.loads(p.read_text()) for p in (tmp_path / "results" / "other_sweep").glob("*/results.json")]
+    assert [(r["method"], r["experiment"], r["copied_from"].split("/")[0]) for r in copied] == [
+        ("normal", "other_sweep", "mini_sweep")]
+
 
 def test_a_config_error_in_any_cell_stops_the_sweep_before_any_work(run_overrides, tmp_path):
     rc, out = sweep("model=tiny_llama", "data.limit=4,-1", *run_overrides, timeout=300)

@@ -56,8 +56,27 @@ def _manifest_problem(manifest) -> str | None:
     return None
 
 
+# Folders verified in this process, with the (path, mtime, size) of every file then: a folder unchanged since is
+# not hashed again (a converted SmolLM2 folder is 0.5 GB, and a sweep asks for it once per cell it composes).
+_verified: dict[Path, tuple] = {}
+
+
+def _stats(folder: Path) -> tuple:
+    return tuple((str(p), p.stat().st_mtime_ns, p.stat().st_size) for p in sorted(folder.rglob("*")) if p.is_file())
+
+
 def verify(folder: Path) -> str | None:
     """None if `folder` holds a complete artifact matching its manifest, else the reason it does not."""
+    folder = Path(folder)
+    if folder in _verified and _verified[folder] == _stats(folder):
+        return None
+    problem = _verify(folder)
+    if problem is None:
+        _verified[folder] = _stats(folder)
+    return problem
+
+
+def _verify(folder: Path) -> str | None:
     manifest_path = folder / MANIFEST
     if not manifest_path.is_file():
         return "no manifest (incomplete build)"

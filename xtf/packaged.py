@@ -61,8 +61,20 @@ def _distribution(package: str) -> md.Distribution:
         raise PackageMissing(_install_hint(package)) from None
 
 
+_sha_memo: dict[tuple, tuple[str, int]] = {}
+
+
 def _stream_sha256(paths: list[Path]) -> tuple[str, int]:
-    """sha256 and size of the concatenation of `paths` (one file, or a file's chunks in order)."""
+    """sha256 and size of the concatenation of `paths` (one file, or a file's chunks in order); remembered in this
+    process by (path, mtime, size) of every part, since each run id asks for it (a sweep composes hundreds)."""
+    stats = [(p, Path(p).stat()) for p in paths]
+    key = tuple((str(Path(p).resolve()), st.st_mtime_ns, st.st_size) for p, st in stats)
+    if key not in _sha_memo:
+        _sha_memo[key] = _hash_parts(paths)
+    return _sha_memo[key]
+
+
+def _hash_parts(paths: list[Path]) -> tuple[str, int]:
     h, size = hashlib.sha256(), 0
     for p in paths:
         with open(p, "rb") as f:

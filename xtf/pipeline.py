@@ -71,11 +71,18 @@ def _run(cfg: RunConfig) -> dict:
     # The run id holds the weights and the rows used by content (results.content_identity, computed from the two
     # loads above): other weights or another data folder make another run, never "already complete".
     folder = results.run_dir(cfg)
-    existing = results.load_record(folder)
     main = distributed.is_main()  # rank 0 (or the only process): the one that writes and prints
+    with distributed.main_first():  # rank 0 may copy the same run from another experiment; the others then read it
+        existing = results.load_record(folder)
+        if existing is None and not cfg.force and main:
+            existing = results.adopt_record(folder)
     if existing and not cfg.force:
         if main:
-            print(f"[xtf] already complete, skipping (force=true reruns): {folder}")
+            if existing.get("copied_from"):
+                print(f"[xtf] the same run is complete in {cfg.paths.results_dir}/{existing['copied_from']}: copied, "
+                      f"not rerun (force=true reruns): {folder}")
+            else:
+                print(f"[xtf] already complete, skipping (force=true reruns): {folder}")
             changed = changed_versions(existing.get("versions") or {}, code_versions(task))
             if changed:  # the run id is the config and the data/weights by content, not the code's version
                 print(f"[xtf] WARNING: this record was computed by other code: {'; '.join(changed)}. "

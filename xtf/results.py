@@ -155,6 +155,34 @@ def load_record(folder: Path) -> dict | None:
     return record if record.get("status") == "complete" else None
 
 
+def adopt_record(folder: Path) -> dict | None:
+    """The complete record of the same run in another experiment, copied into `folder`; else None.
+
+    A run is its id (config + weights and data by content, never the experiment's name), so a cell that two
+    experiments share (e.g. table1's SmolLM2 stand-in and all_methods) is computed once: the second experiment
+    gets a copy of the first one's folder, its record marked `copied_from` and `experiment` set to its own.
+    The copy is made beside `folder` and renamed into place, so an interrupted copy is never a complete run."""
+    folder = Path(folder)
+    for other in sorted(folder.parent.parent.glob(f"*/{folder.name}")):
+        if other.parent == folder.parent or other.parent.name.startswith("."):
+            continue
+        record = load_record(other)
+        if record is None or record.get("run_id") != folder.name:
+            continue
+        tmp = folder.parent / f".copy-{folder.name}-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(other, tmp)
+        record = {**record, "experiment": folder.parent.name, "copied_from": f"{other.parent.name}/{other.name}"}
+        write_record(tmp, record)
+        if folder.exists():  # a partial run's leftovers: the copy replaces them
+            stale = folder.parent / f".stale-{folder.name}-{os.getpid()}"
+            folder.rename(stale)
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp.rename(folder)
+        return record
+    return None
+
+
 def git_state(root: Path) -> dict:
     """Commit sha and whether the working tree has uncommitted changes (None outside a git checkout)."""
     def git(*args):

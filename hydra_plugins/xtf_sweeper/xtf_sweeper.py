@@ -181,7 +181,7 @@ class XtfSweeper(Sweeper):
     # -- the sweep ------------------------------------------------------------------------------------------
     def sweep(self, arguments: list[str]) -> Any:
         from xtf.config import ConfigError
-        from xtf.results import load_record, run_dir
+        from xtf.results import adopt_record, load_record, run_dir
 
         cells, bad, seen = [], [], {}
         for cell in self.cells(arguments):
@@ -201,6 +201,10 @@ class XtfSweeper(Sweeper):
             raise SystemExit(2)
 
         pending = [c for c in cells if load_record(c.folder) is None]
+        copied = [c for c in pending if adopt_record(c.folder) is not None]  # the same run, in another experiment
+        if copied:
+            print(f"[xtf] {len(copied)} cell(s) are complete in another experiment (same run id): copied, not rerun")
+        pending = [c for c in pending if c not in copied]
         print(f"[xtf] {len(cells) - len(pending)} complete, skipped; {len(pending)} to run")
         if not pending:
             return []
