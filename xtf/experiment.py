@@ -242,6 +242,7 @@ def _stand_in(path: Path, spec: dict, block) -> dict:
     base = [o for o in swap(spec["base"]) if o.partition("=")[0] not in replaced] + extra
     return {**spec, "name": f"{spec['name']}_{suffix}", "seeds": seeds, "base": base,
             "cells": {label: swap(spec["cells"][label]) for label in kept}, "points": points, "labels": labels,
+            "all_points": spec["points"],  # the grid before stand_in.exclude (the paper's numbers are keyed by it)
             "description": (f"**Stand-in run:** every model column is a CPU-sized model ({shown}; {' '.join(extra)}"
                             + (f"; without {', '.join(str(e) for e in exclude)}" if exclude else "")
                             + "). It checks the path from runs to this table on a CPU; its numbers say nothing "

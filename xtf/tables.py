@@ -485,14 +485,22 @@ def paper_values_for(spec: dict, paper_numbers: Path = PAPER_NUMBERS) -> tuple[d
     entry, src = data["tables"][key] or {}, data["source"]
     values = entry.get("values") or {}
     t = spec["table"]
-    valid = {t["paper_key"].format(**p, value=v["name"]) for p in spec["points"].values() for v in t["values"]}
-    if t["mean"] and t["mean"]["paper_key"]:  # the paper's printed means: the key drops the averaged coordinates
-        valid |= {t["mean"]["paper_key"].format(**p, value=v["name"]) for p in spec["points"].values()
-                  for v in t["values"]}
-    stray = sorted(set(values) - valid)
+
+    def keys(points: dict) -> set[str]:
+        found = {t["paper_key"].format(**p, value=v["name"]) for p in points.values() for v in t["values"]}
+        if t["mean"] and t["mean"]["paper_key"]:  # the paper's printed means: the key drops the averaged coordinates
+            found |= {t["mean"]["paper_key"].format(**p, value=v["name"]) for p in points.values()
+                      for v in t["values"]}
+        return found
+
+    # A stand-in leaves cells out (stand_in.exclude: e.g. table1's full rows): the paper's numbers are checked
+    # against the whole grid (all_points), and those of the cells shown are the ones kept.
+    valid, whole = keys(spec["points"]), keys(spec.get("all_points", spec["points"]))
+    stray = sorted(set(values) - whole)
     if stray:
         raise SpecError(f"{paper_numbers}: tables.{key}.values: {stray[0]!r} matches no cell of {spec['path']} "
-                        f"(keys look like {sorted(valid)[0]!r})")
+                        f"(keys look like {sorted(whole)[0]!r})")
+    values = {k: v for k, v in values.items() if k in valid}
     note = (f"Paper column: arXiv {src.get('arxiv')} {src.get('version', '')}, {entry.get('table', key)}; "
             f"{len(values)} of {len(valid)} numbers transcribed ({entry.get('status', 'see the file')}). "
             f"Source and gaps: experiments/paper_numbers.yaml.")
