@@ -70,9 +70,6 @@ REAL_TABLES = ["threshold_sweep_real", "all_methods", "table1_smollm2", "table2_
 STALE = {
     "threshold_sweep_real": "its SmolLM2 run ids came from a conversion whose gguf.json held its duration "
                             "(packaged.CONVERT_VERSION 1): make sweep EXP=threshold_sweep_real",
-    "table1_smollm2": "Table 1's CPU variant on SmolLM2-135M (issue 10 item 4): 42 of 48 runs; PubMedQA TC seeds 1-2, "
-                      "SLM (3 seeds) and DA seed 0 were killed by the OOM killer when two such runs shared the "
-                      "24 GiB machine (one peaks at 18 GB); run them one at a time: make sweep EXP=table1 STAND_IN=1",
     "code_passk_tiny": "its XTF rows predate the RI fence on log RI (its other 77 runs match); rerun with "
                        "make sweep EXP=code_passk STAND_IN=1",
 }
