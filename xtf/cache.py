@@ -62,7 +62,9 @@ _verified: dict[Path, tuple] = {}
 
 
 def _stats(folder: Path) -> tuple:
-    return tuple((str(p), p.stat().st_mtime_ns, p.stat().st_size) for p in sorted(folder.rglob("*")) if p.is_file())
+    """(path, mtime ns, size) of every file: what must not have changed since the folder was last verified."""
+    files = [p for p in sorted(folder.rglob("*")) if p.is_file()]
+    return tuple((str(p), st.st_mtime_ns, st.st_size) for p, st in ((p, p.stat()) for p in files))
 
 
 def verify(folder: Path) -> str | None:

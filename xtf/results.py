@@ -160,7 +160,8 @@ def adopt_record(folder: Path) -> dict | None:
 
     A run is its id (config + weights and data by content, never the experiment's name), so a cell that two
     experiments share (e.g. table1's SmolLM2 stand-in and all_methods) is computed once: the second experiment
-    gets a copy of the first one's folder, its record marked `copied_from` and `experiment` set to its own.
+    gets a copy of the first one's folder, its record marked `copied_from` and `experiment` set to its own
+    (its `config` stays the one that ran: experiment name and paths are not part of a run id).
     The copy is made beside `folder` and renamed into place, so an interrupted copy is never a complete run."""
     folder = Path(folder)
     for other in sorted(folder.parent.parent.glob(f"*/{folder.name}")):
