@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -63,8 +64,15 @@ _verified: dict[Path, tuple] = {}
 
 def _stats(folder: Path) -> tuple:
     """(path, mtime ns, size) of every file: what must not have changed since the folder was last verified."""
-    files = [p for p in sorted(folder.rglob("*")) if p.is_file()]
-    return tuple((str(p), st.st_mtime_ns, st.st_size) for p, st in ((p, p.stat()) for p in files))
+    out = []
+    for p in sorted(folder.rglob("*")):
+        try:
+            st = p.stat()  # one stat per entry (is_file() would be a second)
+        except FileNotFoundError:  # a dangling link or a file removed meanwhile: not a file, as is_file() said
+            continue
+        if stat.S_ISREG(st.st_mode):
+            out.append((str(p), st.st_mtime_ns, st.st_size))
+    return tuple(out)
 
 
 def verify(folder: Path) -> str | None:
