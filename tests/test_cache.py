@@ -59,3 +59,51 @@ def test_atomic_write_replaces_whole_file(tmp_path):
     atomic_write_text(p, "one")
     atomic_write_text(p, "two")
     assert p.read_text() == "two" and [f.name for f in tmp_path.iterdir()] == ["r.json"]
+
+
+_HOLDER = """
+import sys, time
+from pathlib import Path
+from xtf.cache import cached_dir
+
+def build(folder):
+    Path(sys.argv[2]).touch()          # tell the test the build (and its lock) has started
+    time.sleep(float(sys.argv[3]))
+    (folder / "x.txt").write_text("built by the holder")
+
+cached_dir(sys.argv[1], "kind", {"v": 1}, build)
+"""
+
+
+def _start_holder(tmp_path, seconds):
+    import subprocess
+    import sys
+    import time
+
+    started = tmp_path / "started"
+    proc = subprocess.Popen([sys.executable, "-c", _HOLDER, str(tmp_path / "cache"), str(started), str(seconds)])
+    deadline = time.monotonic() + 60
+    while not started.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, "the holder process did not start its build"
+        time.sleep(0.05)
+    return proc
+
+
+def test_concurrent_builds_of_one_key_build_once(tmp_path, caplog):
+    """A second process that needs an artifact another is building waits for it instead of building it again
+    (two sweep cells sharing a TC reference model computed it twice before)."""
+    caplog.set_level("INFO", logger="xtf.cache")
+    proc = _start_holder(tmp_path, seconds=2)
+    calls = []
+    folder = cached_dir(tmp_path / "cache", "kind", {"v": 1}, lambda f: calls.append(1))
+    assert proc.wait(timeout=60) == 0
+    assert calls == [] and (folder / "x.txt").read_text() == "built by the holder"
+    assert "waiting for another process" in caplog.text
+
+
+def test_a_killed_builder_does_not_block_the_next(tmp_path):
+    proc = _start_holder(tmp_path, seconds=60)
+    proc.kill()
+    proc.wait(timeout=60)
+    folder = cached_dir(tmp_path / "cache", "kind", {"v": 1}, lambda f: (f / "x.txt").write_text("mine"))
+    assert (folder / "x.txt").read_text() == "mine" and verify(folder) is None

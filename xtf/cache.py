@@ -4,7 +4,8 @@ An artifact lives in `<cache_dir>/<kind>/<key>/`, where key = sha256 of a JSON d
 determines it. It is built in a temporary sibling folder; `manifest.json` (file sizes + sha256) is written
 last and the folder renamed into place, so a half-built artifact is never visible. On load every file is
 checked against the manifest; a missing, truncated or corrupted artifact is reported with a warning, removed
-and rebuilt — never trusted.
+and rebuilt — never trusted. Two processes that need the same absent artifact at once (two sweep cells sharing
+a TC reference model) build it once: the second waits on a per-key lock and then finds it built.
 
     path = cached_dir(cache_dir, "tiny_base", {"config": ...}, build=lambda tmp: ...)
 """
@@ -15,10 +16,16 @@ import hashlib
 import json
 import logging
 import os
+
+try:
+    import fcntl  # POSIX; without it (Windows) builds are not serialised, which costs time, never correctness
+except ImportError:  # pragma: no cover
+    fcntl = None
 import shutil
 import stat
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -138,16 +145,64 @@ def atomic_write_text(path: Path, text: str) -> None:
         raise
 
 
+@contextmanager
+def build_lock(cache_dir: Path, kind: str, key: str) -> Iterator[None]:
+    """Hold an exclusive lock on `<cache_dir>/.locks/<kind>-<key>.lock` (flock) for the block. The kernel drops
+    it when its holder exits, killed or not, so a crashed build never blocks the next one. Where locks are not
+    available (no fcntl, a read-only cache, a network mount without locking) the block runs unlocked: a
+    duplicate build costs time, and the atomic rename in `cached_dir` keeps the result whole either way.
+    The ranks of one distributed run never lock: a build may run collectives (every rank evaluating its share),
+    and a rank waiting here would stall the one holding the lock; they coordinate through xtf.distributed."""
+    from xtf import distributed  # lazy: the distributed runtime imports torch
+
+    fd = None
+    if fcntl is not None and distributed.runtime().world_size == 1:
+        try:
+            (cache_dir / ".locks").mkdir(parents=True, exist_ok=True)
+            fd = os.open(cache_dir / ".locks" / f"{kind}-{key}.lock", os.O_RDWR | os.O_CREAT, default_mode())
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                log.info("waiting for another process that is building cache %s/%s", kind, key)
+                fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as e:
+            log.debug("cache %s/%s built without a lock (%s)", kind, key, e)
+            if fd is not None:
+                os.close(fd)
+                fd = None
+    try:
+        yield
+    finally:
+        if fd is not None:
+            os.close(fd)  # releases the lock
+
+
+def _valid(final: Path, kind: str) -> bool:
+    """True if the artifact is in place and whole; an invalid one is reported and removed."""
+    if not final.exists():
+        return False
+    problem = verify(final)
+    if problem is None:
+        return True
+    log.warning("cache %s/%s is invalid (%s); rebuilding", kind, final.name, problem)
+    shutil.rmtree(final, ignore_errors=True)
+    return False
+
+
 def cached_dir(cache_dir: str | Path, kind: str, spec: dict, build: Callable[[Path], None]) -> Path:
     """Return the folder of the artifact described by `spec`, building it with `build(tmp_folder)` if it is
     absent or fails verification. `spec` is stored beside the files as spec.json (for humans)."""
     final = Path(cache_dir) / kind / key_of(spec)
-    if final.exists():
-        problem = verify(final)
-        if problem is None:
+    if _valid(final, kind):
+        return final
+    with build_lock(Path(cache_dir), kind, final.name):
+        if _valid(final, kind):  # built by the process this one waited for
             return final
-        log.warning("cache %s/%s is invalid (%s); rebuilding", kind, final.name, problem)
-        shutil.rmtree(final, ignore_errors=True)
+        _build(final, kind, spec, build)
+    return final
+
+
+def _build(final: Path, kind: str, spec: dict, build: Callable[[Path], None]) -> None:
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.building."))
     try:
@@ -165,4 +220,3 @@ def cached_dir(cache_dir: str | Path, kind: str, spec: dict, build: Callable[[Pa
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return final
