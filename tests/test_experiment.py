@@ -70,8 +70,6 @@ REAL_TABLES = ["threshold_sweep_real", "all_methods", "table1_smollm2", "table2_
 STALE = {
     "threshold_sweep_real": "its SmolLM2 run ids came from a conversion whose gguf.json held its duration "
                             "(packaged.CONVERT_VERSION 1): make sweep EXP=threshold_sweep_real",
-    "noise_benchmark_real": "partial (33 of 48 runs): the stm, da and three XTF single-attribute cells are not "
-                            "run yet: make bench-noise-real",
     "code_passk_tiny": "its XTF rows predate the RI fence on log RI (its other 77 runs match); rerun with "
                        "make sweep EXP=code_passk STAND_IN=1",
 }
