@@ -68,8 +68,6 @@ def test_every_spec_composes(tmp_path):
 TINY_TABLES = ["noise_benchmark", "threshold_sweep", "code_passk_tiny"]
 REAL_TABLES = ["threshold_sweep_real", "all_methods", "table1_smollm2", "table2_smollm2", "noise_benchmark_real"]
 STALE = {
-    "threshold_sweep_real": "its SmolLM2 run ids came from a conversion whose gguf.json held its duration "
-                            "(packaged.CONVERT_VERSION 1): make sweep EXP=threshold_sweep_real",
     "code_passk_tiny": "its XTF rows predate the RI fence on log RI (its other 77 runs match); rerun with "
                        "make sweep EXP=code_passk STAND_IN=1",
 }
