@@ -67,10 +67,7 @@ def test_every_spec_composes(tmp_path):
 # makes its test pass, and then the entry must go.
 TINY_TABLES = ["noise_benchmark", "threshold_sweep", "code_passk_tiny"]
 REAL_TABLES = ["threshold_sweep_real", "all_methods", "table1_smollm2", "table2_smollm2", "noise_benchmark_real"]
-STALE = {
-    "code_passk_tiny": "its XTF rows predate the RI fence on log RI (its other 77 runs match); rerun with "
-                       "make sweep EXP=code_passk STAND_IN=1",
-}
+STALE: dict[str, str] = {}  # name → why it is stale and the command that regenerates it
 
 
 def _check_table_run_ids(name: str) -> None:
