@@ -16,17 +16,17 @@ import hashlib
 import json
 import logging
 import os
-
-try:
-    import fcntl  # POSIX; without it (Windows) builds are not serialised, which costs time, never correctness
-except ImportError:  # pragma: no cover
-    fcntl = None
 import shutil
 import stat
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+try:
+    import fcntl  # POSIX; without it (Windows) builds are not serialised, which costs time, never correctness
+except ImportError:  # pragma: no cover
+    fcntl = None
 
 log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
