@@ -75,7 +75,7 @@ bench-noise: install
 	$(PY) -m xtf.experiment experiments/noise_benchmark.yaml --table
 
 # The same on real text: GSM8K answers with injected noise, SmolLM2-135M, 16 cells x 3 seeds (measured: a run takes
-# ~6 min of one core, TC / SLM 11-15 with their reference; 33 runs took 2 h on 2 cores, so ~3 h). Resumable.
+# ~6 min of one core, TC / SLM 11-15 with their reference; the 48 runs took 2 h 52 min on 2 cores). Resumable.
 bench-noise-real: install
 	$(MAKE) sweep EXP=noise_benchmark_real
 	$(PY) -m xtf.experiment experiments/noise_benchmark_real.yaml --table

@@ -102,8 +102,19 @@ def test_concurrent_builds_of_one_key_build_once(tmp_path, caplog):
 
 
 def test_a_killed_builder_does_not_block_the_next(tmp_path):
+    import signal
+
+    def stuck(*_):
+        raise TimeoutError("still waiting for the lock of a killed builder after 60 s")
+
     proc = _start_holder(tmp_path, seconds=60)
     proc.kill()
     proc.wait(timeout=60)
-    folder = cached_dir(tmp_path / "cache", "kind", {"v": 1}, lambda f: (f / "x.txt").write_text("mine"))
+    previous = signal.signal(signal.SIGALRM, stuck)  # a leaked lock fails the test instead of hanging it
+    signal.alarm(60)
+    try:
+        folder = cached_dir(tmp_path / "cache", "kind", {"v": 1}, lambda f: (f / "x.txt").write_text("mine"))
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
     assert (folder / "x.txt").read_text() == "mine" and verify(folder) is None
