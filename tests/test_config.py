@@ -3,7 +3,7 @@
 import itertools
 
 import pytest
-from conftest import CONF, compose
+from conftest import CONF, ROOT, compose
 from hydra.errors import ConfigCompositionException, MissingConfigException
 
 from xtf.cache import key_of
@@ -35,7 +35,10 @@ def test_every_cell_composes_and_validates():
     method_nodes = {m: OmegaConf.to_container(compose([f"method={m}"]).method) for m in METHODS}
     ids = set()
     for model, task, train in itertools.product(MODELS, TASKS, TRAINS):
-        composed = OmegaConf.to_container(compose([f"model={model}", f"task={task}", f"train={train}"]), resolve=True)
+        own_data = [f"data.train_file={ROOT / 'examples' / 'chat.jsonl'}", "task.options.expert_words=[add]"] \
+            if task == "sft" else []   # your own data: a file and the domain words TR needs
+        composed = OmegaConf.to_container(compose([f"model={model}", f"task={task}", f"train={train}", *own_data]),
+                                          resolve=True)
         for method, node in method_nodes.items():
             if method == "oracle":  # valid only with injected noise (synth with a *_rate > 0)
                 with pytest.raises(ConfigError, match="oracle"):

@@ -102,6 +102,11 @@ def paraphrase(cfg, task, examples: list[dict], device) -> tuple[list[dict], dic
     from xtf.evaluate import generate_many, normalise
     from xtf.scoring import model_identity
 
+    if not task.EXTRACTORS:  # e.g. task=sft: your data has no final answer to check a paraphrase against
+        from xtf.config import ConfigError
+
+        raise ConfigError(f"method=da keeps a paraphrase only when the task's answer extractor reads the same final "
+                          f"answer from it, and task={cfg.task.name} has no extractor; choose another method")
     da = cfg.method.da
     gen_cfg = generator_config(da.generator, cfg)
     weights = models.resolve_weights(gen_cfg, cfg.paths.cache_dir)

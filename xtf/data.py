@@ -26,11 +26,12 @@ import logging
 import random
 from collections import OrderedDict
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from xtf import cache
+from xtf import cache, chat
 from xtf.tasks.common import DataError, TaskData, sha256_examples
 
 log = logging.getLogger(__name__)
@@ -180,7 +181,11 @@ def prompt_ids(tokenizer, prompt: str, chat_template: bool) -> list[int]:
 
 def tokenize_example(tokenizer, example: dict, max_len: int, chat_template: bool) -> tuple[list[int], list[bool], int]:
     """(input_ids, response_mask, n_answer_tokens_before_truncation) for one example. Prompt and response are
-    tokenised separately and concatenated, so the prompt/answer boundary is exact whatever the tokenizer."""
+    tokenised separately and concatenated, so the prompt/answer boundary is exact whatever the tokenizer. A chat
+    example (`messages`, task=sft) is cut into turns the same way (xtf.chat): every assistant turn is an answer."""
+    if "messages" in example:
+        ids, mask, _ = chat.encode(tokenizer, example["messages"], chat_template)
+        return ids[:max_len], mask[:max_len], sum(mask)
     p_ids = prompt_ids(tokenizer, example["prompt"], chat_template)
     r_ids = tokenizer(example["response"], add_special_tokens=False)["input_ids"]
     if example.get("eos", True):  # an example may opt out (GSM8K format=released: the released code has no EOS)
@@ -189,6 +194,41 @@ def tokenize_example(tokenizer, example: dict, max_len: int, chat_template: bool
     mask = [False] * len(p_ids) + [True] * len(r_ids)
     mask[0] = False  # position 0 has no prefix to be predicted from
     return ids[:max_len], mask[:max_len], len(r_ids)
+
+
+def answer_char_spans(tokenizer, example: dict, chat_template: bool) -> list[Optional[tuple[int, int, int]]]:
+    """Where each answer token's text lies, aligned to the UNTRUNCATED input_ids of `tokenize_example`: (turn, start,
+    end) at every answer position, None elsewhere. turn = index into example["messages"] for a chat example, 0 for a
+    prompt/response example (offsets into example["response"]); start == end for an EOS / end-of-turn token, which
+    has no text. Needs a fast tokenizer (offset mapping)."""
+    if "messages" in example:
+        return chat.encode(tokenizer, example["messages"], chat_template)[2]
+    ids, mask, n_answer = tokenize_example(tokenizer, example, 10**9, chat_template)
+    enc = tokenizer(example["response"], add_special_tokens=False, return_offsets_mapping=True)
+    spans: list = [(0, int(a), int(b)) for a, b in enc["offset_mapping"]]
+    if len(spans) < n_answer:  # the appended EOS
+        spans.append((0, len(example["response"]), len(example["response"])))
+    out = [None] * (len(ids) - n_answer) + spans
+    return [s if m else None for s, m in zip(out, mask)]
+
+
+def chat_truth(example: dict, spans: list) -> dict[str, list[bool]]:
+    """Ground-truth noise of a chat example, {type: [bool]} aligned to input_ids (`spans`: xtf.chat.encode's): an
+    assistant turn may carry `noise_spans` [[start, end, type], ...] (character offsets into its content); a token is
+    noise of a type when its characters overlap a span of that type (xtf.detection.span_labels)."""
+    from xtf.detection import span_labels as overlap_labels
+
+    kinds = sorted({s[2] for m in example["messages"] for s in m.get("noise_spans", [])})
+    truth = {k: [False] * len(spans) for k in kinds}
+    for i, m in enumerate(example["messages"]):
+        if not m.get("noise_spans"):
+            continue
+        positions = [t for t, s in enumerate(spans) if s is not None and s[0] == i and s[1] < s[2]]
+        labels = overlap_labels([spans[t][1:] for t in positions], m["noise_spans"], kinds)
+        for k, flags in labels.items():
+            for t, flag in zip(positions, flags.tolist()):
+                truth[k][t] = truth[k][t] or bool(flag)
+    return truth
 
 
 def span_labels(tokenizer, response: str, spans: list, n_tokens: int) -> dict[str, list[bool]]:
@@ -204,18 +244,31 @@ def span_labels(tokenizer, response: str, spans: list, n_tokens: int) -> dict[st
 
 
 def tokenize(tokenizer, examples: list[dict], max_len: int, truncation: str,
-             chat_template: bool) -> tuple[list[dict], dict]:
+             chat_template: bool, locations: Optional[dict] = None) -> tuple[list[dict], dict]:
     """Tokenise examples into rows {id, input_ids, response_mask[, truth]}; returns (rows, stats). See the module
-    docstring for the alignment and truncation conventions. Examples with `noise_spans` (the synthetic task's
-    injected noise, character offsets into `response`) get `truth`: {noise type: [bool]} aligned to input_ids."""
+    docstring for the alignment and truncation conventions. Examples with `noise_spans` (injected noise or a user's
+    annotations: character offsets into `response`, or into an assistant turn's content for a chat example) get
+    `truth`: {noise type: [bool]} aligned to input_ids. truncation="error": an example longer than max_len raises
+    DataError naming it (`locations`: example id → "file:line", from TaskData.locations)."""
     rows, n_truncated, n_dropped, answer_tokens_cut = [], 0, 0, 0
     for ex in tqdm(examples, desc="tokenize", unit="ex", disable=len(examples) < 2000):
-        ids, mask, n_answer_full = tokenize_example(tokenizer, ex, 10**9, chat_template)
         truth = None
-        if "noise_spans" in ex:
+        if "messages" in ex:  # one rendering gives the tokens and where each answer token's text lies
+            ids, mask, spans = chat.encode(tokenizer, ex["messages"], chat_template)
+            n_answer_full = sum(mask)
+            truth = chat_truth(ex, spans) if any("noise_spans" in m for m in ex["messages"]) else None
+        else:
+            ids, mask, n_answer_full = tokenize_example(tokenizer, ex, 10**9, chat_template)
+        if "noise_spans" in ex and "messages" not in ex:
             n_prompt = len(ids) - n_answer_full
             labels = span_labels(tokenizer, ex["response"], ex["noise_spans"], n_answer_full - 1)  # EOS excluded
             truth = {k: [False] * n_prompt + v + [False] for k, v in labels.items()}
+        if len(ids) > max_len and truncation == "error":
+            where = (locations or {}).get(ex["id"], f"example {ex['id']}")
+            raise DataError(f"{where}: the example is {len(ids)} tokens long ({n_answer_full} of them answer), over "
+                            f"data.max_len={max_len}. Raise data.max_len, or set data.truncation=right (cut the "
+                            f"answer's tail) or data.truncation=drop (skip such examples); both are counted in the "
+                            f"record")
         if len(ids) > max_len:
             if truncation == "drop" or not any(mask[:max_len]):  # the prompt alone fills max_len
                 n_dropped += 1
@@ -247,7 +300,7 @@ def tokenizer_fingerprint(tokenizer) -> str:
 
 
 def tokenize_cached(tokenizer, examples: list[dict], max_len: int, truncation: str, chat_template: bool,
-                    cache_dir: str, split: str) -> tuple[list[dict], dict]:
+                    cache_dir: str, split: str, locations: Optional[dict] = None) -> tuple[list[dict], dict]:
     """`tokenize` behind the content-addressed cache (key: tokenizer, examples, max_len, policy, version)."""
     spec = {
         "version": TOKENIZE_VERSION, "tokenizer": tokenizer_fingerprint(tokenizer), "split": split,
@@ -256,7 +309,7 @@ def tokenize_cached(tokenizer, examples: list[dict], max_len: int, truncation: s
     }
 
     def build(tmp: Path) -> None:
-        rows, stats = tokenize(tokenizer, examples, max_len, truncation, chat_template)
+        rows, stats = tokenize(tokenizer, examples, max_len, truncation, chat_template, locations)
         lengths = np.array([len(r["input_ids"]) for r in rows], dtype=np.int64)
         ids = np.array([t for r in rows for t in r["input_ids"]], dtype=np.int64)
         mask = np.array([m for r in rows for m in r["response_mask"]], dtype=bool)
@@ -270,7 +323,8 @@ def tokenize_cached(tokenizer, examples: list[dict], max_len: int, truncation: s
                                                   "truth_kinds": kinds, "has_truth": has_truth}))
 
     folder = cache.cached_dir(cache_dir, "tokenized", spec, build)
-    arrays = np.load(folder / "tokens.npz")
+    with np.load(folder / "tokens.npz") as npz:  # each array read once (NpzFile re-reads it on every access)
+        arrays = {name: npz[name] for name in npz.files}
     meta = json.loads((folder / "meta.json").read_text())
     stats = meta["stats"]
     if examples and not stats["n_rows"]:  # say why, before a model is loaded (not "every sample is fully masked")
@@ -280,10 +334,13 @@ def tokenize_cached(tokenizer, examples: list[dict], max_len: int, truncation: s
                           f"(the prompt alone fills max_len, or data.truncation=drop cut every long example); "
                           f"raise data.max_len")
     offsets = np.concatenate([[0], np.cumsum(arrays["lengths"])])
+    # One Python int per token id, shared by every row: .tolist() would make a new 28-byte int per token (ids > 256),
+    # 3.5x the 8-byte list slot itself, and the rows would outgrow the scores on a 100k-row set.
+    ids, mask = arrays["input_ids"], arrays["response_mask"]
+    shared = np.arange(int(ids.max(initial=-1)) + 1).astype(object)
     rows = []
     for i, (rid, a, b) in enumerate(zip(meta["ids"], offsets[:-1], offsets[1:])):
-        row = {"id": rid, "input_ids": arrays["input_ids"][a:b].tolist(),
-               "response_mask": arrays["response_mask"][a:b].tolist()}
+        row = {"id": rid, "input_ids": shared[ids[a:b]].tolist(), "response_mask": mask[a:b].tolist()}
         if meta["has_truth"][i]:
             row["truth"] = {k: arrays[f"truth__{k}"][a:b].tolist() for k in meta["truth_kinds"]
                             if arrays[f"truth__{k}"][a:b].any()}

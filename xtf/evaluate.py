@@ -240,10 +240,20 @@ def _evaluate(model, tokenizer, task_module, examples: list[dict], cfg, work_dir
 
         metrics, predictions, protocol = evaluate_code(model, tokenizer, examples, cfg.eval, cfg.model.chat_template,
                                                        cfg.seed)
+    elif kind == "answer_nll":  # your own data (task=sft): no benchmark, the held-out responses' NLL is the measure
+        metrics, predictions, protocol = {}, [], {"name": "answer_nll", "version": EVAL_VERSION,
+                                                  "chat_template": cfg.model.chat_template}
+        if cfg.task.options.get("lm_eval_tasks"):  # and lm-eval tasks named in the config (xtf/lmeval_named.py)
+            from xtf.lmeval_named import run_named_tasks
+
+            named, protocol["lm_eval"] = run_named_tasks(
+                model, tokenizer, tuple(cfg.task.options["lm_eval_tasks"]), cfg.task.options.get("lm_eval_include"),
+                cfg.eval, cfg.model.chat_template, cfg.seed)
+            metrics.update(named)
     else:
         metrics, predictions, protocol = evaluate_exact_match(model, tokenizer, task_module, examples, cfg.eval,
                                                               cfg.model.chat_template)
-    if cfg.eval.answer_nll and all(e.get("response") for e in examples):
+    if (cfg.eval.answer_nll or kind == "answer_nll") and all(e.get("response") for e in examples):
         metrics.update(answer_nll(model, tokenizer, examples, cfg.model.chat_template, cfg.data.max_len,
                                   cfg.eval.batch_size))
         protocol["answer_nll"] = {"what": "mean NLL (nats per token) of the reference answers, teacher-forced, "

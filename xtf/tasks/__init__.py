@@ -5,7 +5,8 @@ Each task module defines:
     load(opts, data, paths)       → TaskData (xtf.tasks.common) with "train" and "test" splits; deterministic
     EXTRACTORS                    {name: fn(generated_text) -> answer str | None}; the first is the primary metric
     EXTRACT_VERSION               bumped whenever an extractor changes behaviour (recorded in results)
-    EXPERT_WORDS                  the task's domain words (XTF task relevance)
+    EXPERT_WORDS                  the task's domain words (XTF task relevance); a task whose words come from its
+                                  options defines expert_words(opts) instead (task=sft): see `expert_words`
     EVALUATION                    the fixed protocol (xtf.evaluate.evaluate dispatches on it): "exact_match"
                                   (the default: greedy + EXTRACTORS), "lm_eval" (xtf/lmeval.py) or "pass_at_k"
                                   (HumanEval in the sandbox: xtf/humaneval.py)
@@ -13,7 +14,7 @@ Each task module defines:
                                   lm-eval metric)}, the first entry being the primary metric ("accuracy")
 """
 
-from xtf.tasks import code, gsm8k, medqa, pubmedqa, synth
+from xtf.tasks import code, gsm8k, medqa, pubmedqa, sft, synth
 
 TASKS = {
     "synth": synth,
@@ -21,4 +22,13 @@ TASKS = {
     "code": code,
     "medqa": medqa,
     "pubmedqa": pubmedqa,
+    "sft": sft,
 }
+
+
+def expert_words(task_module, options) -> tuple[str, ...]:
+    """The task's domain words for XTF's task relevance: from its options when it has `expert_words(opts)` (your own
+    data), else its EXPERT_WORDS."""
+    if hasattr(task_module, "expert_words"):
+        return task_module.expert_words(options)
+    return task_module.EXPERT_WORDS

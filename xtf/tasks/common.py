@@ -34,6 +34,7 @@ class TaskData:
     skipped_rows: int = 0                               # malformed rows skipped under data.on_bad_row=skip
     skipped: list[str] = field(default_factory=list)    # "file:line: problem" of each skipped row (the first 100)
     notes: list[str] = field(default_factory=list)      # e.g. "smoke split carved from the test file"
+    locations: dict[str, str] = field(default_factory=dict)  # example id → "file:line" (task=sft), for messages
 
 
 # Stands for a line that is not a row at all (invalid JSON or not UTF-8) and was already counted as skipped.
