@@ -44,3 +44,15 @@ def test_compare_lines_mark_online_kept_fractions(tmp_path):
     assert lines[-1].startswith("* kept fraction chosen online during training")
     (tmp_path / "1" / "results.json").unlink()
     assert not compare_lines(tmp_path)[-1].startswith("*")   # no online run, no footnote
+
+
+def test_a_score_only_summary_says_so_and_shows_detection_but_no_accuracy(tmp_path):
+    detection = {"overall": {"n_tokens": 500, "n_noise_tokens": 40, "n_masked": 30,
+                             "mask": {"precision": 0.8, "recall": 0.6, "f1": 0.686}}}
+    scored = {**OFFLINE, "mode": "score_only", "metrics": {}, "detection": detection}
+    text = "\n".join(summary_lines(scored, tmp_path))
+    assert "score only: nothing fine-tuned or evaluated" in text and "decisions.npz" in text
+    assert "accuracy" not in text
+    assert "finds 40 noise tokens of 500 with precision 0.800, recall 0.600, F1 0.686" in text
+    assert "noise annotations" not in "\n".join(summary_lines(OFFLINE, tmp_path))
+    assert "accuracy on test: 0.500" in "\n".join(summary_lines({**OFFLINE, "detection": detection}, tmp_path))

@@ -67,8 +67,13 @@ class DataConfig:
     eval_limit: Optional[int] = None   # first N test examples (None = all)
     dev_size: int = 0                  # examples carved from *training* data for threshold selection
     max_len: int = 512                 # tokens per example (prompt + answer)
-    truncation: Literal["right", "drop"] = "right"  # right: cut the answer's tail; drop: drop the example
+    truncation: Literal["right", "drop", "error"] = "right"  # right: cut the answer's tail; drop: drop the example;
+                                       # error: fail naming the example (task=sft's default)
     on_bad_row: Literal["error", "skip"] = "error"  # malformed source rows: fail naming file:line, or skip+count
+    # Your own data (task=sft only; xtf/tasks/sft_files.py lists the formats): a file, a save_to_disk folder or
+    # hub:<id>. Never in the run id: the rows read are, by content (xtf.results.content_identity).
+    train_file: Optional[str] = field(default=None, metadata=ID_OMIT_DEFAULT)
+    eval_file: Optional[str] = field(default=None, metadata=ID_OMIT_DEFAULT)
 
 
 @dataclass(frozen=True)
@@ -151,6 +156,10 @@ class MethodConfig:
                                        # of XTF_script.py ("script": .1/.1/.1) or main.py/README ("main":
                                        # .05/.1/.05); None: no cap (the paper)
     exempt_special: bool = True        # special tokens (EOS, end-of-turn, ...) are never noise for any attribute
+    # "released" (conf/method/xtf_official.yaml): the run claims the released XTF code's protocol; validate checks
+    # every key the released scripts fix (xtf.official.RELEASED) and warns naming each that differs; the summary
+    # says whether the run is the released computation. Added after runs existed: in the run id only when set.
+    protocol: Optional[Literal["released"]] = field(default=None, metadata=ID_OMIT_DEFAULT)
     # TC (token cleaning) and SLM (Rho-1): a reference model = the base fine-tuned on a warm-up subset.
     keep_ratio: float = 0.6            # fraction of answer tokens kept: the highest (base loss - reference loss)
     scope: Literal["global", "sample"] = "global"  # TC: top-k over the whole set, or within each sample
@@ -283,6 +292,14 @@ class DistConfig:
 
 
 @dataclass(frozen=True)
+class ExportConfig:
+    """The run's decision as a dataset other trainers load (xtf/export.py: `datasets` folder + Parquet + a dataset
+    card), written after the record. Launcher-like, as `dist` is: never in the run id (it changes no result)."""
+    enabled: bool = False
+    dir: Optional[str] = None          # None: <run folder>/export
+
+
+@dataclass(frozen=True)
 class RunConfig:
     model: ModelConfig
     task: TaskConfig
@@ -293,6 +310,10 @@ class RunConfig:
     paths: PathsConfig = PathsConfig()
     wandb: WandbConfig = WandbConfig()
     dist: DistConfig = DistConfig()    # launcher-like: not in the run id (xtf.results)
+    export: ExportConfig = ExportConfig()  # launcher-like: not in the run id
+    # score → mask → record (→ export): no fine-tuning, no evaluation (eval.enabled is set false). In the run id only
+    # when true, so a score-only record never answers for a fine-tuned one and earlier runs keep their ids.
+    score_only: bool = field(default=False, metadata=ID_OMIT_DEFAULT)
     experiment: str = "default"
     seed: int = 0
     force: bool = False                # rerun even if results.json is complete
@@ -489,6 +510,11 @@ def validate(cfg: Any) -> RunConfig:
     task_options = build_dataclass(task_module.Options, run.task.options, "task.options.")
     if hasattr(task_module, "check_options"):
         task_module.check_options(task_options)
+    run = _check_data_files(run, task_module)
+    if "tr" in masking.scores_needed(run.method) and not tasks.expert_words(task_module, task_options):
+        raise ConfigError(f"method={run.method.name} reads task relevance (TR), which needs your domain's words: set "
+                          f"task.options.expert_words=[word,...] (e.g. [dose,mg,patient]), or leave TR out: "
+                          f"method.attributes=[ri,kn]")
     evaluation = getattr(task_module, "EVALUATION", "exact_match")
     if run.eval.split == "dev" and run.data.dev_size == 0:
         raise ConfigError("eval.split=dev evaluates on the split carved from the training data; set data.dev_size > 0")
@@ -513,7 +539,9 @@ def validate(cfg: Any) -> RunConfig:
         # A record says which method made it: method=xtf without fine-tuning would be the base model filed as xtf.
         raise ConfigError(f"method.finetune={str(run.method.finetune).lower()} is not allowed with "
                           f"method={run.method.name}: only method=none evaluates the base model without "
-                          f"fine-tuning (use method=none), and every other method fine-tunes")
+                          f"fine-tuning (use method=none); to score and mask without fine-tuning use "
+                          f"score_only=true (with export.enabled=true for the filtered dataset)")
+    run = _check_score_only_and_export(run)
     bad = [a for a in run.method.attributes if a not in XTF_ATTRIBUTES]
     if bad or not run.method.attributes or len(set(run.method.attributes)) != len(run.method.attributes):
         raise ConfigError(f"method.attributes={list(run.method.attributes)} must be a non-empty subset of "
@@ -534,11 +562,44 @@ def validate(cfg: Any) -> RunConfig:
                           f"selects per row of a padded batch (xtf.online); use train.packing=false, or "
                           f"train.group_by_length=true for less padding")
     paths = PathsConfig(**{f.name: _absolute(getattr(run.paths, f.name)) for f in dataclasses.fields(PathsConfig)})
+    from xtf import official
+
+    official.warn_deviations(dataclasses.asdict(run), dataclasses.asdict(task_options))  # method.protocol=released
     return dataclasses.replace(
         run,
         task=dataclasses.replace(run.task, options=options_dict(task_options)),
         paths=paths,
     )
+
+
+def _check_score_only_and_export(run: RunConfig) -> RunConfig:
+    """score_only and export against the method; a score-only run evaluates nothing (eval.enabled false, so no test
+    split is needed) and its export folder is absolute. An online method (xtf.online) may score only: its export
+    holds the scores it selects by, and its card says that the selection itself happens during training."""
+    if run.score_only and not run.method.finetune:
+        raise ConfigError(f"score_only=true with method={run.method.name}: this method evaluates the base model and "
+                          f"scores nothing; choose a method that masks (e.g. method=xtf)")
+    if run.export.dir not in (None, "") and not run.export.enabled:
+        raise ConfigError(f"export.dir={run.export.dir} is set but export.enabled=false, so nothing would be written "
+                          f"there; add export.enabled=true (or drop export.dir)")
+    return dataclasses.replace(run, eval=dataclasses.replace(run.eval, enabled=run.eval.enabled and not run.score_only),
+                               export=dataclasses.replace(run.export, dir=_absolute(run.export.dir)))
+
+
+def _check_data_files(run: RunConfig, task_module) -> RunConfig:
+    """data.train_file / data.eval_file: read by a task that declares READS_DATA_FILES (task=sft), refused for the
+    others (an override that nothing reads is an error); checked readable and made absolute (hub:<id> kept)."""
+    files = {k: getattr(run.data, k) for k in ("train_file", "eval_file") if getattr(run.data, k)}
+    if not getattr(task_module, "READS_DATA_FILES", False):
+        if files:
+            key = next(iter(files))
+            raise ConfigError(f"data.{key} is read only by task=sft (your own data); task={run.task.name} reads "
+                              f"its own files (paths.data_dir)")
+        return run
+    local = {k: v if v.startswith("hub:") else _absolute(v) for k, v in files.items()}
+    run = dataclasses.replace(run, data=dataclasses.replace(run.data, **local))
+    task_module.check_data(run.data)
+    return run
 
 
 def check_ri_layers(layers: tuple[int, ...], n_layers: int, source: str) -> None:

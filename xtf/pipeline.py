@@ -1,8 +1,10 @@
-"""One run, top to bottom: load → tokenize → score → mask → fine-tune → evaluate → explain → record.
+"""One run, top to bottom: load → tokenize → score → mask → fine-tune → evaluate → explain → record → export.
 
     python run.py model=tiny task=synth method=normal       (run.py validates the config and calls run())
     torchrun --nproc_per_node=2 run.py dist=ddp ...        (every rank runs this function; xtf/distributed.py:
                                                             shared scoring, training and generation; rank 0 writes)
+    python run.py method=xtf score_only=true export.enabled=true   (score → mask → record → export: no training,
+                                                            no evaluation; every row's decision in decisions.npz)
 """
 
 from __future__ import annotations
@@ -14,8 +16,22 @@ import shutil
 import numpy as np
 import torch
 
-from xtf import augment, data, distributed, explain, masking, models, online, results, sandbox, scoring, tasks
-from xtf.config import RunConfig, check_model_fit
+from xtf import (
+    augment,
+    data,
+    decisions,
+    distributed,
+    explain,
+    export,
+    masking,
+    models,
+    online,
+    results,
+    sandbox,
+    scoring,
+    tasks,
+)
+from xtf.config import RunConfig, check_model_fit, task_options
 from xtf.evaluate import EVAL_VERSION, evaluate
 from xtf.masking import MASK_VERSION
 from xtf.summary import most_masked, print_summary
@@ -72,22 +88,10 @@ def _run(cfg: RunConfig) -> dict:
     # loads above): other weights or another data folder make another run, never "already complete".
     folder = results.run_dir(cfg)
     main = distributed.is_main()  # rank 0 (or the only process): the one that writes and prints
-    with distributed.main_first():  # rank 0 may copy the same run from another experiment; the others then read it
-        existing = results.load_record(folder)
-        if existing is None and not cfg.force and main:
-            existing = results.adopt_record(folder)
-    if existing and not cfg.force:
+    existing = _complete_record(cfg, folder, task, main)
+    if existing is not None:
         if main:
-            if existing.get("copied_from"):
-                print(f"[xtf] the same run is complete in {cfg.paths.results_dir}/{existing['copied_from']}: copied, "
-                      f"not rerun (force=true reruns): {folder}")
-            else:
-                print(f"[xtf] already complete, skipping (force=true reruns): {folder}")
-            changed = changed_versions(existing.get("versions") or {}, code_versions(task))
-            if changed:  # the run id is the config and the data/weights by content, not the code's version
-                print(f"[xtf] WARNING: this record was computed by other code: {'; '.join(changed)}. "
-                      "Its numbers may differ from what this code computes: force=true reruns it.")
-            print_summary(existing, folder)
+            _export(cfg, folder)  # export.enabled on a finished run: exported from its folder, nothing rerun
         return existing
     device = distributed.device(cfg.device)  # cuda:LOCAL_RANK on a multi-GPU run
     with results.wandb_mirror(cfg, folder.name) as wandb_run:
@@ -98,7 +102,7 @@ def _run(cfg: RunConfig) -> dict:
         with timer("tokenize"), distributed.main_first():
             rows, token_stats = data.tokenize_cached(
                 tokenizer, train_examples, cfg.data.max_len, cfg.data.truncation, cfg.model.chat_template,
-                cfg.paths.cache_dir, split="train")
+                cfg.paths.cache_dir, split="train", locations=used.task_data.locations)
         with timer("load_model"):
             torch.manual_seed(cfg.seed)
             model = models.load_model(cfg.model, weights, device)
@@ -107,78 +111,27 @@ def _run(cfg: RunConfig) -> dict:
         with timer("score"), distributed.collective():
             scores, scoring_info = scoring.compute_scores(
                 masking.scores_needed(cfg.method), cfg, model, tokenizer, rows, weights, token_stats["cache_key"],
-                task.EXPERT_WORDS, results.outputs_dir(cfg))
+                tasks.expert_words(task, task_options(cfg)), results.outputs_dir(cfg))
         with timer("mask"):
             keeps, noisy, mask_stats = masking.mask(rows, scores, cfg.method, cfg.seed,
                                                     masking.structural_ids(tokenizer))
-            detection = masking.detection(rows, keeps, noisy, scores, cfg.method)  # injected noise only, else None
+            detection = masking.detection(rows, keeps, noisy, scores, cfg.method)  # annotated noise only, else None
             mask_stats["most_masked"] = most_masked(rows, keeps, tokenizer)
-        train_info, selector, trainable = None, None, []
-        if cfg.method.finetune and scoring_info.get("trained_model"):
-            # The method's scorer trained the result itself (TC's self-evolving chain, method.evolve=chain): that
-            # model is evaluated; the masks above are the selection each part of the chain was trained on.
-            with timer("load_model"):
-                model = models.load_model(cfg.model, scoring_info["trained_model"], device)
-            train_info = {"trained_by": "method", "model": scoring_info["trained_model"]}
-        elif cfg.method.finetune:
-            # Samples with no kept token carry no loss: drop them (and count them) rather than feed empty batches.
-            trainable = [i for i, k in enumerate(keeps) if k.any()]
-            mask_stats["dropped_empty_samples"] = len(rows) - len(trainable)
-            if not trainable:
-                raise RuntimeError(
-                    f"every training sample is fully masked; nothing to fine-tune on (tokenisation: "
-                    f"{token_stats.get('n_truncated', '?')} of {len(rows)} examples cut at data.max_len="
-                    f"{cfg.data.max_len}: if the answers were cut away, raise data.max_len)")
-            with timer("finetune"):
-                # An online method (xtf.online) selects each batch's tokens during training; None otherwise.
-                selector = online.selector(cfg.method, {k: [v[i] for i in trainable] for k, v in scores.items()})
-                model, train_info = finetune(
-                    model, tokenizer, [rows[i] for i in trainable], [keeps[i] for i in trainable], cfg.train,
-                    cfg.model, cfg.method.epochs_factor, cfg.seed, results.outputs_dir(cfg), wandb_run, selector)
-            model = distributed.gathered_model(model, device)  # FSDP: every weight back on each rank, to evaluate
-        # An online method's offline mask keeps every answer token; what it trained on is its selection. Against
-        # injected noise its mask is the tokens selected in at least half of their training steps (DFT: a mean
-        # loss weight of at least 0.5), so its F1 says what it filtered, not "nothing".
-        selection = online.selection_shares(selector, rows, trainable)
-        if selection is not None and detection is not None:
-            selected = [np.nan_to_num(s, nan=0.0) >= 0.5 for s in selection["share"]]
-            detection = masking.detection(rows, selected, noisy, scores, cfg.method)
-            mask_stats["detection_mask"] = "online: selected in >= 0.5 of its training steps"
-        # Every rank evaluates in lockstep; greedy generation and answer NLL are shared out; only rank 0's
-        # metrics are recorded (each rank has its own work folder: lm-eval writes its task files there).
+        # score_only: no fine-tuning and no evaluation; the decisions below are the result.
+        model, train_info, selector, trainable = _finetune(
+            cfg, timer, model, tokenizer, rows, keeps, scores, scoring_info, mask_stats, token_stats, device, wandb_run)
+        selection, detection = _online_selection(cfg, selector, rows, trainable, noisy, scores, detection, mask_stats)
         with timer("evaluate"), distributed.collective():
-            if not cfg.eval.enabled:
-                metrics, predictions, protocol = {}, [], {"name": "disabled"}
-            else:
-                metrics, predictions, protocol = evaluate(
-                    model, tokenizer, task, eval_examples, cfg,
-                    results.outputs_dir(cfg) / ("eval" if main else f"eval-rank{distributed.runtime().rank}"))
-        record = {
-            "status": "complete",
-            "schema": results.RESULTS_SCHEMA,
-            "run_id": folder.name,
-            "experiment": cfg.experiment,
-            "model": cfg.model.name, "task": cfg.task.name, "method": cfg.method.name, "train": cfg.train.name,
-            "seed": cfg.seed,
-            "metrics": metrics,
-            "mask": mask_stats,
-            "scoring": scoring_info,
-            "detection": detection,
-            "tokenization": token_stats,
-            "training": train_info,
-            "augmentation": augmentation,
-            "eval_protocol": protocol,
-            "data": data.record_section(used, cfg.eval.split),
-            "versions": code_versions(task),
-            "weights": weights,
-            "config": dataclasses.asdict(cfg),
-            "provenance": results.provenance(str(device)),
-            "timings": timer.seconds,
-        }
+            metrics, predictions, protocol = _evaluate(cfg, model, tokenizer, task, eval_examples, main)
+        record = _record(cfg, folder, task, used, weights, device, timer, metrics=metrics, mask=mask_stats,
+                         scoring=scoring_info, detection=detection, tokenization=token_stats, training=train_info,
+                         augmentation=augmentation, eval_protocol=protocol)
         if not main:  # rank 0 alone writes the run's files, W&B included
             return record
-        results.write_predictions(folder, predictions)
+        if not cfg.score_only:
+            results.write_predictions(folder, predictions)
         with timer("explain"):
+            decisions.write(folder, train_examples, rows, keeps, noisy, scores)  # every row's decision (xtf.export)
             explain.write_inputs(folder, rows, tokenizer, keeps, noisy, scores, mask_stats,
                                  {"method": cfg.method.name, "run_id": folder.name, "task": cfg.task.name,
                                   "model": cfg.model.name}, detection, selection=selection)
@@ -189,4 +142,111 @@ def _run(cfg: RunConfig) -> dict:
         for sub in ("checkpoints", "reference/checkpoints"):
             shutil.rmtree(results.outputs_dir(cfg) / sub, ignore_errors=True)
     print_summary(record, folder)
+    _export(cfg, folder)  # after the record: an export can always be made again from the run folder
     return record
+
+
+def _evaluate(cfg: RunConfig, model, tokenizer, task, eval_examples, main: bool) -> tuple[dict, list, dict]:
+    """(metrics, predictions, protocol). Every rank evaluates in lockstep; greedy generation and answer NLL are
+    shared out; only rank 0's metrics are recorded (each rank has its own work folder: lm-eval writes its task files
+    there). Nothing under eval.enabled=false or score_only."""
+    if not cfg.eval.enabled or cfg.score_only:
+        return {}, [], {"name": "disabled"}
+    return evaluate(model, tokenizer, task, eval_examples, cfg,
+                    results.outputs_dir(cfg) / ("eval" if main else f"eval-rank{distributed.runtime().rank}"))
+
+
+def _record(cfg: RunConfig, folder, task, used, weights: str, device, timer, **stages) -> dict:
+    """results.json's content: the stages' outputs (metrics, mask, scoring, detection, tokenization, training,
+    augmentation, eval_protocol) with what identifies the run and where it came from."""
+    return {
+        "status": "complete",
+        "schema": results.RESULTS_SCHEMA,
+        "run_id": folder.name,
+        "experiment": cfg.experiment,
+        "model": cfg.model.name, "task": cfg.task.name, "method": cfg.method.name, "train": cfg.train.name,
+        "seed": cfg.seed,
+        "mode": "score_only" if cfg.score_only else "finetune" if cfg.method.finetune else "base_model",
+        **stages,
+        "data": data.record_section(used, cfg.eval.split),
+        "versions": code_versions(task),
+        "weights": weights,
+        "config": dataclasses.asdict(cfg),
+        "provenance": results.provenance(str(device)),
+        "timings": timer.seconds,  # the same dict: stages timed after this (explain) are in the written record
+    }
+
+
+def _complete_record(cfg: RunConfig, folder, task, main: bool) -> dict | None:
+    """The run's complete record when it needs no rerun (its own, or the same run's from another experiment,
+    copied here), with what it says printed on rank 0; None when the run must run (or force=true)."""
+    with distributed.main_first():  # rank 0 may copy the same run from another experiment; the others then read it
+        existing = results.load_record(folder)
+        if existing is None and not cfg.force and main:
+            existing = results.adopt_record(folder)
+    if not existing or cfg.force:
+        return None
+    if main:
+        if existing.get("copied_from"):
+            print(f"[xtf] the same run is complete in {cfg.paths.results_dir}/{existing['copied_from']}: copied, "
+                  f"not rerun (force=true reruns): {folder}")
+        else:
+            print(f"[xtf] already complete, skipping (force=true reruns): {folder}")
+        changed = changed_versions(existing.get("versions") or {}, code_versions(task))
+        if changed:  # the run id is the config and the data/weights by content, not the code's version
+            print(f"[xtf] WARNING: this record was computed by other code: {'; '.join(changed)}. "
+                  "Its numbers may differ from what this code computes: force=true reruns it.")
+        print_summary(existing, folder)
+    return existing
+
+
+def _finetune(cfg: RunConfig, timer, model, tokenizer, rows, keeps, scores, scoring_info, mask_stats, token_stats,
+              device, wandb_run):
+    """(model, training record, online selector or None, indices of the rows trained on). Nothing is trained under
+    score_only or for a method that evaluates the base model (method.finetune=false)."""
+    if cfg.score_only or not cfg.method.finetune:
+        return model, None, None, []
+    if scoring_info.get("trained_model"):
+        # The method's scorer trained the result itself (TC's self-evolving chain, method.evolve=chain): that
+        # model is evaluated; the masks are the selection each part of the chain was trained on.
+        with timer("load_model"):
+            model = models.load_model(cfg.model, scoring_info["trained_model"], device)
+        return model, {"trained_by": "method", "model": scoring_info["trained_model"]}, None, []
+    # Samples with no kept token carry no loss: drop them (and count them) rather than feed empty batches.
+    trainable = [i for i, k in enumerate(keeps) if k.any()]
+    mask_stats["dropped_empty_samples"] = len(rows) - len(trainable)
+    if not trainable:
+        raise RuntimeError(
+            f"every training sample is fully masked; nothing to fine-tune on (tokenisation: "
+            f"{token_stats.get('n_truncated', '?')} of {len(rows)} examples cut at data.max_len="
+            f"{cfg.data.max_len}: if the answers were cut away, raise data.max_len)")
+    with timer("finetune"):
+        # An online method (xtf.online) selects each batch's tokens during training; None otherwise.
+        selector = online.selector(cfg.method, {k: [v[i] for i in trainable] for k, v in scores.items()})
+        model, train_info = finetune(
+            model, tokenizer, [rows[i] for i in trainable], [keeps[i] for i in trainable], cfg.train,
+            cfg.model, cfg.method.epochs_factor, cfg.seed, results.outputs_dir(cfg), wandb_run, selector)
+    model = distributed.gathered_model(model, device)  # FSDP: every weight back on each rank, to evaluate
+    return model, train_info, selector, trainable
+
+
+def _online_selection(cfg: RunConfig, selector, rows, trainable, noisy, scores, detection, mask_stats):
+    """(an online method's per-token selection shares or None, the detection report). An online method's offline
+    mask keeps every answer token; what it trained on is its selection. Against annotated noise its mask is the
+    tokens selected in at least half of their training steps (DFT: a mean loss weight of at least 0.5), so its F1
+    says what it filtered, not "nothing"."""
+    selection = online.selection_shares(selector, rows, trainable)
+    if selection is not None and detection is not None:
+        selected = [np.nan_to_num(s, nan=0.0) >= 0.5 for s in selection["share"]]
+        detection = masking.detection(rows, selected, noisy, scores, cfg.method)
+        mask_stats["detection_mask"] = "online: selected in >= 0.5 of its training steps"
+    return selection, detection
+
+
+def _export(cfg: RunConfig, folder) -> None:
+    """With export.enabled: the run's decision as a dataset (xtf.export), in export.dir or <run folder>/export."""
+    if not cfg.export.enabled:
+        return
+    out = export.export_run(folder, cfg.export.dir)
+    print(f"[xtf] exported the filtered dataset: {out} (datasets.load_from_disk({out / export.DATASET_DIR}), "
+          f"{export.PARQUET_FILE}, README.md: its dataset card)")

@@ -32,8 +32,9 @@ LIBRARIES = ("torch", "transformers", "peft", "accelerate", "datasets", "tokeniz
 # Fields that do not change a run's result: where files go, how it is logged, whether to rerun, and which
 # local folder the same weights are read from. What those folders *hold* does change it, and enters the id by
 # content (`content_identity`): the weights (model.path, the Hub cache) and the rows read (paths.data_dir,
-# paths.hub_mirror, the Hub). How a run is spread over processes (`dist`) is recorded in its provenance instead.
-_NOT_IN_RUN_ID = {"paths", "wandb", "experiment", "force", "device", "dist"}
+# paths.hub_mirror, the Hub). How a run is spread over processes (`dist`) is recorded in its provenance instead;
+# whether and where its dataset is exported (`export`, xtf.export) changes none of its numbers.
+_NOT_IN_RUN_ID = {"paths", "wandb", "experiment", "force", "device", "dist", "export"}
 # loss_impl and packing: the same loss to float tolerance (tests/test_lm_loss.py), recorded in training.*.
 _TRAIN_NOT_IN_RUN_ID = {"save_steps", "save_total_limit", "keep_checkpoints", "logging_steps", "loss_impl", "packing"}
 # Evaluation keys that only the sandboxed code protocol (pass@k) reads: hashed for code tasks only, so adding
@@ -51,8 +52,11 @@ def _omitted_at_default(cls: type, name: str, value) -> bool:
 
 
 def run_id_fields(cfg: RunConfig) -> dict:
-    fields = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _NOT_IN_RUN_ID}
+    fields = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _NOT_IN_RUN_ID
+              and not _omitted_at_default(type(cfg), k, getattr(cfg, k))}  # score_only: only when true
     fields["model"] = {k: v for k, v in fields["model"].items() if k != "path"}
+    # Your data's files are in the id by content (content_identity: the rows used), never by path.
+    fields["data"] = {k: v for k, v in fields["data"].items() if k not in ("train_file", "eval_file")}
     fields["train"] = {k: v for k, v in fields["train"].items() if k not in _TRAIN_NOT_IN_RUN_ID
                        and not _omitted_at_default(type(cfg.train), k, getattr(cfg.train, k))}
     # Keys added after runs existed (xtf.config.ID_OMIT_DEFAULT, e.g. the ssToken/ProFit/STM/DA sections): in the

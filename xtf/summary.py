@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from xtf import official
+
 TRUNCATION_WARN = 0.02   # warn when truncation cut more than this share of the answer tokens
 
 
@@ -65,11 +67,24 @@ def accuracy_text(metrics: dict) -> str:
     return f"{acc:.3f} [95% CI {lo:.3f}–{hi:.3f}] (n={n})"
 
 
+def detection_lines(record: dict) -> list[str]:
+    """How the mask finds the annotated (or injected) noise, when the rows carry it (record["detection"])."""
+    overall = (record.get("detection") or {}).get("overall")
+    if not overall:
+        return []
+    m = overall["mask"]
+    return [f"noise annotations: the mask finds {overall['n_noise_tokens']} noise tokens of {overall['n_tokens']} "
+            f"with precision {m['precision']:.3f}, recall {m['recall']:.3f}, F1 {m['f1']:.3f}"
+            + (" (online: masked = selected in under half of its training steps)"
+               if (record.get("mask") or {}).get("detection_mask") else "")]
+
+
 def summary_lines(record: dict, folder) -> list[str]:
     """The end-of-run summary, as lines (xtf.pipeline prints them)."""
     m, mask, tok = record.get("metrics", {}), record.get("mask") or {}, record.get("tokenization") or {}
     split = (record.get("data") or {}).get("eval_split", "test")
     lines = [f"task={record['task']} model={record['model']} method={record['method']} seed={record['seed']}"]
+    lines += [line for line in [official.summary_line(record)] if line]  # method.protocol=released: held or not
     kept = mask.get("kept_fraction")
     attrs = sorted(k[len("noisy_fraction_"):] for k in mask if k.startswith("noisy_fraction_"))
     per_attr = ", ".join(f"{a} {mask[f'noisy_fraction_{a}']:.3f}" for a in attrs)
@@ -89,7 +104,15 @@ def summary_lines(record: dict, folder) -> list[str]:
     if mask.get("most_masked"):
         shown = ", ".join(f"{token} {n} ({share:.0%})" for token, n, share in mask["most_masked"][:8])
         lines.append(f"most-masked tokens (times masked, share of their occurrences): {shown}")
-    lines.append(f"accuracy on {split}: {accuracy_text(m)}")
+    lines += detection_lines(record)
+    if record.get("mode") == "score_only":
+        lines.append("score only: nothing fine-tuned or evaluated; every row's decision: "
+                     f"{Path(folder) / 'decisions.npz'} (python -m xtf.export {folder} writes the filtered dataset)")
+    elif "accuracy" in m or not m:  # your own data (task=sft) has no accuracy: its measure is the answer NLL
+        lines.append(f"accuracy on {split}: {accuracy_text(m)}")
+    named = {k[len("lm_eval/"):]: v for k, v in m.items() if k.startswith("lm_eval/")}
+    if named:  # task.options.lm_eval_tasks (xtf.lmeval_named)
+        lines.append("lm-eval: " + ", ".join(f"{k} {v:.4f}" for k, v in named.items()))
     if m.get("answer_nll") is not None:
         lines.append(f"reference-answer NLL on {split}: {m['answer_nll']:.4f} nats/token "
                      f"({m.get('answer_nll_tokens')} tokens; lower is better)")
