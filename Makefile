@@ -17,10 +17,10 @@ ifneq ($(wildcard ../shared/data),)
 export XTF_DATA_DIR ?= $(abspath ../shared/data)
 endif
 
-.PHONY: install install-bench run test test-real test-slow test-gpu lint bench-scoring bench-train bench-noise bench-noise-real sweep plan tables clean help
+.PHONY: install install-bench run test test-real test-slow test-gpu lint bench-scoring bench-scale bench-train bench-noise bench-noise-real sweep plan tables clean help
 
 help:
-	@echo "make install | run | test | test-real | test-slow | test-gpu | lint | bench-scoring | bench-train | bench-noise | bench-noise-real | sweep | plan | tables | clean"
+	@echo "make install | run | test | test-real | test-slow | test-gpu | lint | bench-scoring | bench-scale | bench-train | bench-noise | bench-noise-real | sweep | plan | tables | clean"
 
 # PYTHONWARNINGS=ignore on the editable install: setuptools' editable-mode notice says nothing to act on.
 $(STAMP): pyproject.toml constraints.txt requirements-models.txt
@@ -59,6 +59,11 @@ lint: install
 
 bench-scoring: install
 	$(PY) experiments/bench_scoring.py $(ARGS)
+
+# Scoring 1k / 4k / 16k synthetic rows (tiny base, one pinned thread, one process per size): wall time and peak RSS
+# per size (~6 min on 2 busy cores); table in results/tables/bench_scale.md.
+bench-scale: install
+	$(PY) experiments/bench_scale.py $(ARGS)
 
 # Training tokens/s and peak memory: xtf.train (normal, 50 % mask) vs TRL SFTTrainer vs HF Trainer (~15 min on 2
 # cores); table in results/tables/bench_train.md. TRL is the `bench` extra, installed here when missing.

@@ -6,6 +6,8 @@ last and the folder renamed into place, so a half-built artifact is never visibl
 checked against the manifest; a missing, truncated or corrupted artifact is reported with a warning, removed
 and rebuilt — never trusted. Two processes that need the same absent artifact at once (two sweep cells sharing
 a TC reference model) build it once: the second waits on a per-key lock and then finds it built.
+A long build (scoring 100k rows) keeps its completed chunks in `<kind>/.<key>.partial/` (`Chunks`, each chunk
+verified like an artifact), so a killed build resumes from them; the folder is removed once the artifact is in place.
 
     path = cached_dir(cache_dir, "tiny_base", {"config": ...}, build=lambda tmp: ...)
 """
@@ -22,6 +24,8 @@ import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+import numpy as np
 
 try:
     import fcntl  # POSIX; without it (Windows) builds are not serialised, which costs time, never correctness
@@ -199,6 +203,7 @@ def cached_dir(cache_dir: str | Path, kind: str, spec: dict, build: Callable[[Pa
         if _valid(final, kind):  # built by the process this one waited for
             return final
         _build(final, kind, spec, build)
+        shutil.rmtree(partial_dir(cache_dir, kind, spec), ignore_errors=True)  # the build's progress: done with
     return final
 
 
@@ -220,3 +225,75 @@ def _build(final: Path, kind: str, spec: dict, build: Callable[[Path], None]) ->
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+# --------------------------------------------------------------------------------------------- partial progress
+def partial_dir(cache_dir: str | Path, kind: str, spec: dict) -> Path:
+    """Where a long build of the artifact `spec` keeps its completed chunks (`Chunks`): beside the artifact's
+    folder, hidden as the temporary build folders are; `cached_dir` removes it once the artifact is in place."""
+    return Path(cache_dir) / kind / f".{key_of(spec)}.partial"
+
+
+class Chunks:
+    """The completed chunks of one long build, kept on disk as they complete so that a killed build resumes.
+
+    Chunk k is `chunk-<k>.npz` (arrays) and then `chunk-<k>.json` (its size and sha256, and a hash of `plan`: what
+    decides a chunk's content beyond the artifact's key, e.g. the batch plan, since padding changes float rounding),
+    each written atomically, the JSON last. `load` returns a chunk only when its JSON matches the file and the
+    plan; a torn, truncated or corrupted chunk, or one written under another plan, is reported, removed and
+    recomputed, never trusted. One writer at a time (the caller holds the artifact's build lock, or is rank 0)."""
+
+    def __init__(self, folder: Path, plan) -> None:
+        self.folder = Path(folder)
+        self.plan = hashlib.sha256(json.dumps(plan, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    def _paths(self, k: int) -> tuple[Path, Path]:
+        return self.folder / f"chunk-{k:06d}.npz", self.folder / f"chunk-{k:06d}.json"
+
+    def load(self, k: int) -> dict[str, np.ndarray] | None:
+        """Chunk k's arrays when a verified copy is on disk, else None (an invalid one is removed)."""
+        data, meta = self._paths(k)
+        if not data.exists() and not meta.exists():
+            return None
+        problem = self._problem(data, meta)
+        if problem is None:
+            try:
+                with np.load(data) as npz:
+                    return {name: npz[name] for name in npz.files}
+            except (OSError, ValueError, EOFError) as e:  # verified bytes that numpy cannot read: not ours
+                problem = f"unreadable ({e})"
+        log.warning("partial chunk %s of %s is invalid (%s); recomputing it", k, self.folder.name, problem)
+        self.discard(k)
+        return None
+
+    def _problem(self, data: Path, meta: Path) -> str | None:
+        try:
+            m = json.loads(meta.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            return "no readable manifest (killed while writing?)"
+        if not isinstance(m, dict) or m.get("plan") != self.plan:
+            return "written under another plan (another batch size or chunk size)"
+        if not data.is_file() or data.stat().st_size != m.get("size"):
+            return "missing or truncated"
+        if sha256_file(data) != m.get("sha256"):
+            return "checksum mismatch (corrupted)"
+        return None
+
+    def save(self, k: int, arrays: dict[str, np.ndarray]) -> None:
+        """Write chunk k: the arrays via a temp file + rename, then its manifest (atomic_write_text)."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        data, meta = self._paths(k)
+        fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=f".{data.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez(f, **arrays)
+            os.replace(tmp, data)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        atomic_write_text(meta, json.dumps({"plan": self.plan, "size": data.stat().st_size,
+                                            "sha256": sha256_file(data)}))
+
+    def discard(self, k: int) -> None:
+        for p in self._paths(k):
+            p.unlink(missing_ok=True)

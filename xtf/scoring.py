@@ -23,13 +23,16 @@ Peak memory holds one layer's attention for one chunk of queries (`method.ri.que
 attention probabilities are reduced to per-token vectors as they are computed, never returned.
 
 Cached per (scorer version, model identity, tokenizer, tokenised data, max_len, RI options): a threshold sweep
-re-masks cached scores and runs zero forward passes after the first run.
+re-masks cached scores and runs zero forward passes after the first run. While the forward pass runs, every
+completed chunk of ~CHUNK_ROWS rows is kept beside the cache entry (xtf.cache.Chunks): a killed run resumes from
+them and ends with the same floats (the batch plan is a function of the rows; a chunk is verified before use).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 from pathlib import Path
@@ -40,142 +43,99 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from xtf import cache, distributed
+from xtf.attention import attention_modules, ri_collection
 from xtf.train import token_nll
 
 log = logging.getLogger(__name__)
 # forward_official / tr_released: the released code's scorers (xtf_official), versioned on their own so that a
 # change to them re-scores only their runs.
 SCORER_VERSIONS = {"forward": 1, "forward_official": 2, "tr": 1, "tr_released": 1, "reference": 2}
-ATTN_NAME = "xtf_ri"
-
-
-# ----------------------------------------------------------------------------------------------- RI attention
-class RICollector:
-    """Accumulates RI numerators for the layers it is attached to during one forward pass.
-
-    received: acc[b, t] = Σ_layers Σ_heads Σ_{q > t, q valid} (q + 1) · A[b, h, q, t]   → divided later by
-              n_layers · n_heads · (number of valid q > t).
-    official: acc[b, t] = Σ_heads Σ_k A[b, h, t, k] / L_b  (first layer only)          → divided by n_heads."""
-
-    def __init__(self, definition: str, lengths: torch.Tensor, query_chunk: int):
-        self.definition = definition
-        self.lengths = lengths            # [B] valid tokens per row (right padding)
-        self.query_chunk = query_chunk
-        self.acc = None                   # [B, L] float32
-        self.layers_seen = 0
-        self.heads = 0
-
-    def add(self, query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None, scaling: float,
-            window: int | None = None) -> None:
-        # query: [B, H, L, D]; key: [B, Hkv, L, D] (grouped-query attention repeats keys over heads).
-        # Rows are right-padded and attention is causal, so a valid query q only sees keys <= q, all valid: the
-        # chunk [q0, q1) needs keys [0, q1) and only its diagonal block needs the causal mask. Padded queries
-        # get weight 0. The additive mask is used only when a sliding window shorter than L restricts keys.
-        b, h, length, _ = query.shape
-        key = key.float().repeat_interleave(h // key.shape[1], dim=1)
-        query = query.float() * scaling
-        if self.acc is None:
-            self.acc = torch.zeros(b, length, dtype=torch.float32, device=query.device)
-        pos = torch.arange(length, device=query.device)
-        valid_q = (pos[None, :] < self.lengths[:, None]).float()            # [B, L]
-        use_mask = mask is not None and window is not None and window < length
-        for q0 in range(0, length, self.query_chunk):
-            q1 = min(q0 + self.query_chunk, length)
-            c = q1 - q0
-            scores = torch.matmul(query[:, :, q0:q1], key[:, :, :q1].transpose(-1, -2))   # [B, H, c, q1]
-            if use_mask:
-                scores += mask[:, :, q0:q1, :q1].float()
-            else:
-                causal = torch.ones(c, c, dtype=torch.bool, device=query.device).triu_(1)
-                scores[..., q0:q1].masked_fill_(causal, float("-inf"))
-            probs = torch.softmax(scores, dim=-1)
-            if self.definition == "official":
-                self.acc[:, q0:q1] += probs.sum(dim=(1, 3)) / self.lengths[:, None].float()  # Σ_h Σ_k A / L_b
-                continue
-            w = (pos[q0:q1] + 1).float()[None, :] * valid_q[:, q0:q1]        # [B, c]: (q + 1), 0 if padded
-            # Σ_h Σ_q w[q] · A[q, t] for every t (one batched mat-vec), then remove t == q: RI counts q > t only.
-            w_hq = w[:, None, :].expand(b, h, c).reshape(b, 1, h * c)
-            self.acc[:, :q1] += torch.bmm(w_hq, probs.reshape(b, h * c, q1))[:, 0]
-            self.acc[:, q0:q1] -= w * probs[..., q0:q1].diagonal(dim1=-2, dim2=-1).sum(dim=1)
-        self.layers_seen += 1
-        self.heads = h
-
-    def result(self) -> torch.Tensor:
-        """[B, L] RI per token (NaN where undefined)."""
-        if self.definition == "official":
-            return self.acc / self.heads
-        length = self.acc.shape[1]
-        pos = torch.arange(length, device=self.acc.device)
-        n_later = (self.lengths[:, None] - 1 - pos[None, :]).clamp(min=0).float()   # valid q > t
-        ri = self.acc / (self.layers_seen * self.heads * n_later)
-        return torch.where(n_later > 0, ri, torch.full_like(ri, float("nan")))
-
-
-def _ri_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
-    """sdpa for the layer's output; plus, on layers carrying a collector, the RI reduction of the probabilities."""
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
-    collector = getattr(module, "_xtf_ri", None)
-    if collector is not None:
-        collector.add(query, key, attention_mask, scaling if scaling is not None else query.shape[-1] ** -0.5,
-                      getattr(module.config, "sliding_window", None))
-    return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
-                                  **kwargs)
-
-
-def _register_attention() -> None:
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, eager_mask
-
-    AttentionInterface.register(ATTN_NAME, _ri_attention)
-    AttentionMaskInterface.register(ATTN_NAME, eager_mask)  # an additive float mask [B, 1, Q, K]
-
-
-def _attention_modules(model) -> list:
-    mods = [m for m in model.modules() if hasattr(m, "layer_idx") and hasattr(m, "q_proj")]
-    return sorted(mods, key=lambda m: m.layer_idx)
-
-
-@contextlib.contextmanager
-def ri_collection(model, definition: str, layers: tuple[int, ...], lengths: torch.Tensor, query_chunk: int):
-    """Within the block, `model` runs the RI attention on the selected layers; yields the collector."""
-    _register_attention()
-    modules = _attention_modules(model)
-    n = len(modules)
-    chosen = [0] if definition == "official" else ([i % n for i in layers] if layers else list(range(n)))
-    collector = RICollector(definition, lengths, query_chunk)
-    previous = model.config._attn_implementation
-    model.set_attn_implementation(ATTN_NAME)
-    for i in chosen:
-        modules[i]._xtf_ri = collector
-    try:
-        yield collector
-    finally:
-        for m in modules:
-            m.__dict__.pop("_xtf_ri", None)
-        model.set_attn_implementation(previous)
 
 
 # ------------------------------------------------------------------------------------------- forward scores
-def _batches(rows: list[dict], batch_size: int):
-    order = sorted(range(len(rows)), key=lambda i: len(rows[i]["input_ids"]))  # little padding per batch
-    for start in range(0, len(order), batch_size):
-        yield order[start:start + batch_size]
+# Rows per chunk of persisted progress (rounded to whole batches): a killed scoring pass loses at most one chunk.
+CHUNK_ROWS = 1024
+
+
+def _batches(rows: list[dict], batch_size: int) -> list[list[int]]:
+    """The batch plan: row indices sorted by length (little padding per batch; the sort is stable, so the plan is
+    a function of the rows alone: a resumed pass pads every row exactly as an uninterrupted one)."""
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i]["input_ids"]))
+    return [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+
+
+def _in_chunks(rows: list[dict], batches: list[list[int]], score_batch, names: tuple[str, ...],
+               partial: Path | None, chunk_rows: int | None, desc: str) -> dict:
+    """{name: [float32 array per row]} from `score_batch(idx) -> {name: [array per row of idx]}` over `batches`.
+
+    The batches go a chunk of ~chunk_rows rows at a time. With `partial` (a folder, cache.partial_dir) each
+    completed chunk is kept there (cache.Chunks), and a chunk already there and verified is read back instead of
+    scored, so a killed pass resumes where it stopped with the same floats.
+    Inside distributed.collective() each rank scores its share of a chunk's batches (whole batches, formed as one
+    process forms them) and the chunk is merged across ranks; rank 0 alone reads and writes chunks, and sends a
+    chunk it read to the others (one process: broadcast is the identity).
+    Memory: the scores go into one flat float32 array per name ([total tokens]) as each chunk completes, and the
+    rows get views of it: 4 bytes per token and score; per-row temporaries live for one chunk only."""
+    # Batches per chunk; at least one per rank, so that no rank idles through a chunk.
+    every = max(1, (chunk_rows or CHUNK_ROWS) // len(batches[0]), distributed.runtime().world_size) if batches else 1
+    chunks = cache.Chunks(partial, {"batches": batches, "every": every, "names": names}) if partial else None
+    bounds = np.cumsum([0] + [len(r["input_ids"]) for r in rows])      # row i's tokens: flat[bounds[i]:bounds[i+1]]
+    flat = {name: np.empty(int(bounds[-1]), np.float32) for name in names}
+    bar = tqdm(total=len(batches), desc=desc, unit="batch")
+    for k, start in enumerate(range(0, len(batches), every)):
+        chunk = batches[start:start + every]
+        members = [i for idx in chunk for i in idx]                   # the chunk's rows, in plan order
+        got = None
+        if chunks is not None:
+            got = distributed.broadcast(_read_chunk(chunks, k, members, rows, names) if distributed.is_main() else None)
+        if got is None:
+            got = {name: [None] * len(members) for name in names}
+            ends = np.cumsum([len(idx) for idx in chunk])             # [n batches]: where each batch's rows end
+            for j in distributed.share(list(range(len(chunk)))):
+                for name, values in score_batch(chunk[j]).items():
+                    got[name][ends[j] - len(chunk[j]):ends[j]] = values
+                bar.update(1)
+            got = {name: distributed.merge(values) for name, values in got.items()}
+            if chunks is not None and distributed.is_main():
+                chunks.save(k, {"rows": np.asarray(members, np.int64),
+                                "lengths": np.array([len(a) for a in got[names[0]]], np.int64),
+                                **{name: np.concatenate(got[name]) for name in names}})
+        else:
+            bar.update(len(chunk))
+        for name in names:
+            for i, values in zip(members, got[name]):
+                flat[name][bounds[i]:bounds[i + 1]] = values
+    bar.close()
+    return {name: [values[a:b] for a, b in zip(bounds[:-1], bounds[1:])] for name, values in flat.items()}
+
+
+def _read_chunk(chunks: cache.Chunks, k: int, members: list[int], rows: list[dict],
+                names: tuple[str, ...]) -> dict | None:
+    """Chunk k split back into per-row arrays, or None when it is absent or does not hold exactly these rows."""
+    arrays = chunks.load(k)
+    if arrays is None:
+        return None
+    lengths = [len(rows[i]["input_ids"]) for i in members]
+    if not (np.array_equal(arrays.get("rows"), members) and np.array_equal(arrays.get("lengths"), lengths)
+            and all(name in arrays and arrays[name].shape == (sum(lengths),) for name in names)):
+        log.warning("partial chunk %s of %s does not hold these rows' scores; recomputing it", k, chunks.folder.name)
+        chunks.discard(k)
+        return None
+    bounds = np.cumsum([0] + lengths)
+    return {name: [arrays[name][a:b] for a, b in zip(bounds[:-1], bounds[1:])] for name in names}
 
 
 @torch.no_grad()
 def forward_scores(model, rows: list[dict], pad_id: int, batch_size: int, ri_definition: str | None,
-                   ri_layers: tuple[int, ...] = (), query_chunk: int = 64, desc: str = "scoring") -> dict:
+                   ri_layers: tuple[int, ...] = (), query_chunk: int = 64, desc: str = "scoring",
+                   partial: Path | None = None, chunk_rows: int | None = None) -> dict:
     """{"nll": [...], "kn": [...], "ri": [...]} per row, float32 arrays aligned to input_ids (see module doc).
-    `ri_definition=None` skips RI (plain sdpa: e.g. the reference model's losses)."""
+    `ri_definition=None` skips RI (plain sdpa: e.g. the reference model's losses). `partial`: keep progress there
+    and resume from it (`_in_chunks`)."""
     device = next(model.parameters()).device
-    out = {"nll": [None] * len(rows), "kn": [None] * len(rows)}
-    if ri_definition:
-        out["ri"] = [None] * len(rows)
     backbone, head = model.get_decoder(), model.get_output_embeddings()
-    # Inside distributed.collective(): this rank's share of the batches (whole batches, the same as one process
-    # forms them, so each row's scores are computed exactly as one process computes them), merged below.
-    for idx in tqdm(distributed.share(list(_batches(rows, batch_size))), desc=desc, unit="batch"):
+
+    def score_batch(idx: list[int]) -> dict:
         lengths = torch.tensor([len(rows[i]["input_ids"]) for i in idx], device=device)
         width = int(lengths.max())
         ids = torch.tensor([rows[i]["input_ids"] + [pad_id] * (width - len(rows[i]["input_ids"])) for i in idx],
@@ -186,15 +146,19 @@ def forward_scores(model, rows: list[dict], pad_id: int, batch_size: int, ri_def
         with ctx as collector:
             hidden = backbone(input_ids=ids, attention_mask=attn).last_hidden_state   # [B, L, H]
         ri = collector.result().cpu().numpy() if ri_definition else None
-        for j, i in enumerate(idx):
+        out = {"nll": [], "kn": [], **({"ri": []} if ri_definition else {})}
+        for j in range(len(idx)):
             n = int(lengths[j])
             # One row's logits at a time: [L, V] instead of [B, L, V].
             nll = token_nll(head(hidden[j:j + 1, :n]).float(), ids[j:j + 1, :n])[0].cpu().numpy()
-            out["nll"][i] = nll.astype(np.float32)
-            out["kn"][i] = np.exp(-nll).astype(np.float32)
+            out["nll"].append(nll.astype(np.float32))
+            out["kn"].append(np.exp(-nll).astype(np.float32))
             if ri is not None:
-                out["ri"][i] = ri[j, :n].astype(np.float32)
-    return {name: distributed.merge(values) for name, values in out.items()}
+                out["ri"].append(ri[j, :n].astype(np.float32))
+        return out
+
+    names = ("nll", "kn", "ri") if ri_definition else ("nll", "kn")
+    return _in_chunks(rows, _batches(rows, batch_size), score_batch, names, partial, chunk_rows, desc)
 
 
 @torch.no_grad()
@@ -228,34 +192,37 @@ def tr_scores(model, tokenizer, rows: list[dict], expert_words: tuple[str, ...],
 
 
 @torch.no_grad()
-def released_forward_scores(model, rows: list[dict], desc: str = "scoring (released)") -> dict:
+def released_forward_scores(model, rows: list[dict], desc: str = "scoring (released)",
+                            partial: Path | None = None, chunk_rows: int | None = None) -> dict:
     """{"nll", "kn", "ri"} as XTF_script.py computes them (module doc, "official"), one row at a time, no
     padding and no attention mask (the script's batch of one). RI comes from a hook on the first attention
-    module, which under eager attention returns its [1, H, L, L] probabilities; only that layer's are held."""
+    module, which under eager attention returns its [1, H, L, L] probabilities; only that layer's are held.
+    `partial`: keep progress there and resume from it (`_in_chunks`; each row is a batch of one)."""
     device = next(model.parameters()).device
-    first = _attention_modules(model)[0]
+    first = attention_modules(model)[0]
     grabbed = {}
+
+    def score_row(idx: list[int]) -> dict:
+        ids = torch.tensor([rows[idx[0]]["input_ids"]], dtype=torch.long, device=device)
+        logits = model(input_ids=ids).logits                                        # [1, L, V]
+        attn = grabbed.pop("attn")                                                  # [1, H, L, L]
+        ri = torch.mean(torch.mean(attn, dim=1).squeeze(0), dim=1)                  # the script's two means
+        probs = F.softmax(logits[0, :-1].float(), dim=-1)                           # [L-1, V] float32
+        kn = torch.zeros(ids.shape[1])
+        kn[1:] = probs.gather(-1, ids[0, 1:, None])[:, 0].cpu()                     # position 0: the script's 0.0
+        nll = token_nll(logits.float(), ids)[0].cpu().numpy()
+        return {"nll": [nll.astype(np.float32)], "kn": [kn.numpy().astype(np.float32)],
+                "ri": [ri.float().cpu().numpy()]}
+
     hook = first.register_forward_hook(lambda mod, args, output: grabbed.__setitem__("attn", output[1]))
     previous = model.config._attn_implementation
     model.set_attn_implementation("eager")
-    out = {"nll": [None] * len(rows), "kn": [None] * len(rows), "ri": [None] * len(rows)}
-    try:  # one row at a time: inside distributed.collective() each rank scores its share of the rows
-        for i in tqdm(distributed.share(list(range(len(rows)))), desc=desc, unit="row"):
-            ids = torch.tensor([rows[i]["input_ids"]], dtype=torch.long, device=device)
-            logits = model(input_ids=ids).logits                                    # [1, L, V]
-            attn = grabbed.pop("attn")                                              # [1, H, L, L]
-            ri = torch.mean(torch.mean(attn, dim=1).squeeze(0), dim=1)              # the script's two means
-            probs = F.softmax(logits[0, :-1].float(), dim=-1)                       # [L-1, V] float32
-            kn = torch.zeros(ids.shape[1])
-            kn[1:] = probs.gather(-1, ids[0, 1:, None])[:, 0].cpu()                 # position 0: the script's 0.0
-            nll = token_nll(logits.float(), ids)[0].cpu().numpy()
-            out["nll"][i] = nll.astype(np.float32)
-            out["kn"][i] = kn.numpy().astype(np.float32)
-            out["ri"][i] = ri.float().cpu().numpy()
+    try:  # in row order; inside distributed.collective() each rank scores its share of each chunk's rows
+        return _in_chunks(rows, [[i] for i in range(len(rows))], score_row, ("nll", "kn", "ri"), partial,
+                          chunk_rows, desc)
     finally:
         hook.remove()
         model.set_attn_implementation(previous)
-    return {name: distributed.merge(values) for name, values in out.items()}
 
 
 def released_text_key(tokenizer, token_id: int) -> str:
@@ -283,10 +250,13 @@ def released_tr_scores(model, tokenizer, rows: list[dict], expert_words: tuple[s
     vectors = [last_hidden(ids).mean(0) for ids in (tokenizer(w, add_special_tokens=False)["input_ids"]
                                                     for w in expert_words) if ids]
     domain = torch.stack(vectors).mean(0)                                           # [H]
+    keys: dict[int, str] = {}  # each distinct id decoded once: the loops below visit every token of every row
     first_id: dict[str, int] = {}
     for r in rows:
         for t in r["input_ids"]:
-            first_id.setdefault(released_text_key(tokenizer, int(t)), int(t))
+            if t not in keys:
+                keys[t] = released_text_key(tokenizer, int(t))
+            first_id.setdefault(keys[t], int(t))
     unique = sorted(set(first_id.values()))
     sims = []
     for s in range(0, len(unique), batch_size):
@@ -295,8 +265,7 @@ def released_tr_scores(model, tokenizer, rows: list[dict], expert_words: tuple[s
         sims.append(F.cosine_similarity(hidden, domain[None], dim=-1).cpu())
     by_id = dict(zip(unique, torch.cat(sims).numpy().astype(np.float32))) if unique else {}
     by_key = {k: by_id[i] for k, i in first_id.items()}
-    return {"tr": [np.array([by_key[released_text_key(tokenizer, int(t))] for t in r["input_ids"]], dtype=np.float32)
-                   for r in rows]}
+    return {"tr": [np.array([by_key[keys[t]] for t in r["input_ids"]], dtype=np.float32) for r in rows]}
 
 
 # -------------------------------------------------------------------------------------------------- cache
@@ -444,30 +413,35 @@ def compute_scores(needed: tuple[str, ...], cfg, model, tokenizer, rows: list[di
                    cfg.method.epochs_factor] + (["tc_parts"] if cfg.method.evolve == "chain" else []) \
         if evolving else None
     scores, info = {}, {"computed": [], "cache_keys": {}}
+    # compute(partial): partial = the folder where a long pass keeps its progress (the forward pass, the one whose
+    # cost grows with the rows; TR's is bounded by the vocabulary, the reference's training has its checkpoints).
     groups = {
         # One forward pass gives nll, kn (= PCP) and ri.
         "forward": ({"nll", "kn", "ri"},
                     {**base, "v": SCORER_VERSIONS["forward_official" if ri.definition == "official" else "forward"],
                      "ri": [ri.definition, list(ri.layers)]},
-                    lambda: released_forward_scores(model, rows) if ri.definition == "official" else
+                    lambda partial: released_forward_scores(model, rows, partial=partial)
+                    if ri.definition == "official" else
                     forward_scores(model, rows, tokenizer.pad_token_id, cfg.eval.batch_size, ri.definition,
-                                   ri.layers, ri.query_chunk)),
+                                   ri.layers, ri.query_chunk, partial=partial)),
         "tr": ({"tr"}, {**base, "expert_words": list(expert_words),
                         **({"v": SCORER_VERSIONS["tr_released"], "scorer": "released"}
                            if cfg.method.tr.scorer == "released" else {"v": SCORER_VERSIONS["tr"]})},
-               lambda: released_tr_scores(model, tokenizer, rows, expert_words) if cfg.method.tr.scorer == "released"
-               else tr_scores(model, tokenizer, rows, expert_words)),
+               lambda partial: released_tr_scores(model, tokenizer, rows, expert_words)
+               if cfg.method.tr.scorer == "released" else tr_scores(model, tokenizer, rows, expert_words)),
         "reference": ({"ref_nll"}, {**base, "v": SCORER_VERSIONS["reference"], "seed": cfg.seed,
                                     "warmup": cfg.method.reference_warmup, "train": dataclasses.asdict(cfg.train),
                                     "reference_train": dataclasses.asdict(reference_train_config(cfg)),
                                     "evolve": evolve_spec},
-                      lambda: reference_nll(cfg, weights, tokenizer, rows, out_dir / "reference",
-                                            scores["nll"] if evolving else None)),
+                      lambda partial: reference_nll(cfg, weights, tokenizer, rows, out_dir / "reference",
+                                                    scores["nll"] if evolving else None)),
     }
     for group, (names, spec, compute) in groups.items():
         if not names & set(needed):
             continue
-        got, fresh, folder = cached_scores(cfg.paths.cache_dir, {"group": group, **spec}, compute)
+        progress = cache.partial_dir(cfg.paths.cache_dir, "scores", {"group": group, **spec})
+        got, fresh, folder = cached_scores(cfg.paths.cache_dir, {"group": group, **spec},
+                                           functools.partial(compute, progress))
         scores.update(got)
         if (folder / "model").is_dir():  # the method trained its own result (TC's chain): the pipeline uses it
             info["trained_model"] = str(folder / "model")

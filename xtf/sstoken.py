@@ -90,7 +90,7 @@ def select(step, method):
 # ------------------------------------------------------------------------------------------------ signals
 class _PromptCollector:
     """Called by xtf.scoring's attention function on the layer it is attached to (the same `add` signature as
-    xtf.scoring.RICollector): value[b, q] = mean over heads of Σ_{k < prompt_len[b]} A[b, h, q, k]."""
+    xtf.attention.RICollector): value[b, q] = mean over heads of Σ_{k < prompt_len[b]} A[b, h, q, k]."""
 
     def __init__(self, prompt_len: torch.Tensor, query_chunk: int = 64):
         self.prompt_len = prompt_len        # [B] first answer position per row
@@ -129,10 +129,10 @@ class PromptAttention:
 
     @contextlib.contextmanager
     def capture(self, model, batch):
-        from xtf.scoring import ATTN_NAME, _attention_modules, _register_attention
+        from xtf.attention import ATTN_NAME, attention_modules, register_attention
 
-        _register_attention()
-        modules = _attention_modules(model)
+        register_attention()
+        modules = attention_modules(model)
         target = modules[self.layer % len(modules)]
         response = batch["response_mask"].bool()
         prompt_len = torch.where(response.any(1), response.float().argmax(1), torch.zeros_like(response[:, 0],
