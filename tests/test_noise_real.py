@@ -139,7 +139,7 @@ def test_config_validation():
     with pytest.raises(ConfigError, match="noise_filler_rate=1.5"):
         validate(compose(["model=tiny", "task=gsm8k", "task.options.noise_filler_rate=1.5"]))
     with pytest.raises(ConfigError, match="format=template"):
-        validate(compose(["model=tiny", "task=gsm8k", "+task.options.format=released",
+        validate(compose(["model=tiny", "task=gsm8k", "task.options.format=released",
                           "task.options.noise_filler_rate=0.1"]))
 
 
