@@ -93,7 +93,8 @@ def test_chat_data_with_xtf_on_smollm2_then_trl_trains_on_the_export(tmp_path, r
         model=record["weights"], train_dataset=export,
         args=SFTConfig(output_dir=str(tmp_path / "trl"), num_train_epochs=1, per_device_train_batch_size=8,
                        learning_rate=5e-4, report_to=[], save_strategy="no", logging_steps=1, use_cpu=True,
-                       gradient_checkpointing=False),  # TRL's default is on: 1.3x the compute, no memory need here
+                       bf16=False, gradient_checkpointing=False),  # TRL's defaults: bf16 autocast (on this CPU
+        # ~20x slower than float32: 5 min a step) and recomputed activations (1.3x the compute)
         peft_config=LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))
     result = trainer.train()
     assert result.global_step == math.ceil(180 / 8) and math.isfinite(result.training_loss)

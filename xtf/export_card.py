@@ -147,7 +147,8 @@ def card(record: dict, stats: dict) -> str:
         f"SFTTrainer(model={_model_ref(record)!r}, train_dataset=load_from_disk(\"path/to/this/folder/dataset\"), "
         f"args=SFTConfig(output_dir=\"out\", max_length={cfg['data']['max_len']})).train()",
         "```", "",
-        "On a machine without a GPU add `use_cpu=True` to `SFTConfig` (TRL trains in bf16 by default). "
+        "On a machine without a GPU add `use_cpu=True, bf16=False` to `SFTConfig` (TRL trains in bf16 by default, "
+        "which needs a GPU to be fast). "
         "TRL uses `labels` as they are (the loss is the mean over kept tokens, as xtf's `train.loss_norm=kept`). "
         "`datasets.load_dataset(\"path/to/this/folder\")` reads the same rows from `data.parquet` (this folder is "
         "laid out as a Hub dataset repository); so do pandas, polars and other Parquet readers.", "",
