@@ -10,7 +10,7 @@ import pytest
 from conftest import compose
 
 from xtf import data, models
-from xtf.cache import atomic_write_text, cached_dir
+from xtf.cache import atomic_write_text, cached_dir, write_manifest
 from xtf.config import ConfigError, validate
 from xtf.pipeline import run
 from xtf.tasks.common import DataError
@@ -145,11 +145,12 @@ def truncated_checkpoint_falls_back_to_the_previous(tmp_path, cfg_of, caplog):
         d.mkdir(parents=True)
         save_file({"w": torch.zeros(256)}, str(d / "adapter_model.safetensors"))
         (d / "trainer_state.json").write_text(json.dumps({"global_step": step, "log_history": []}))
+        write_manifest(d, "checkpoint")                                # sealed, as xtf.checkpoints.seal does
     weights = ckpts / "checkpoint-20" / "adapter_model.safetensors"
     weights.write_bytes(weights.read_bytes()[:300])                    # trainer_state.json intact, weights cut
     assert last_checkpoint(ckpts) == str(ckpts / "checkpoint-10")
     assert not (ckpts / "checkpoint-20").exists()                      # removed, so the next relaunch is clean
-    assert "adapter_model.safetensors does not load" in caplog.text and "falling back" in caplog.text
+    assert "adapter_model.safetensors has 300 bytes" in caplog.text and "falling back" in caplog.text
 
 
 def malformed_manifest_triggers_a_rebuild(tmp_path, cfg_of, caplog):

@@ -53,3 +53,24 @@ def test_weights_tokenizer_and_data_enter_the_run_id_and_the_score_cache(tmp_pat
 
     other_data, computed, _ = launch(data2)
     assert other_data not in (first, other_weights, other_tokenizer) and computed == ["forward"]
+
+
+def test_weights_changed_in_place_with_their_mtime_set_back_get_a_new_run_id(tmp_path, session_cache, monkeypatch):
+    """The sha256 memo is keyed by inode and ctime too: `os.utime` can set the mtime back, never the ctime."""
+    from test_provenance import NEVER_RACY, rewrite_in_place
+
+    from xtf import identity
+    from xtf.results import run_id
+    from xtf.tiny import build_tiny
+
+    monkeypatch.setattr(identity, "RACY_NS", NEVER_RACY)  # the copy is new: remembered anyway, as a day-old file is
+    tiny = validate(compose(["model=tiny_llama"])).model
+    weights = shutil.copytree(build_tiny(tiny, session_cache), tmp_path / "weights")
+    cfg = validate(compose([f"model.path={weights}", "model=tiny_llama", "model.tiny=null",
+                            f"paths.cache_dir={tmp_path / 'cache'}"]))
+    first = run_id(cfg)
+    tensors = weights / "model.safetensors"
+    data = bytearray(tensors.read_bytes())
+    data[-8:] = bytes(255 - b for b in data[-8:])  # the last weights' bytes, in place: same size
+    rewrite_in_place(tensors, bytes(data))
+    assert run_id(cfg) != first

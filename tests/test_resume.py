@@ -1,7 +1,7 @@
 """Kill a run (SIGKILL, through run.py) at each stage that leaves state behind and relaunch it: the record it
 ends with equals an uninterrupted run's, field by field (timings, the resume point and the paths aside),
 train_loss included. The mid-training kill also truncates the newest checkpoint's weights, so the relaunch
-must fall back to the previous checkpoint."""
+must fall back to the previous checkpoint (its checksum manifest no longer matches: xtf.checkpoints)."""
 
 import json
 import os
@@ -12,6 +12,8 @@ import time
 
 import pytest
 from conftest import ROOT
+
+from xtf.cache import MANIFEST
 
 # 160 optimiser steps of the random tiny Llama: long enough to kill in the middle, short for the fast suite.
 # logging_steps does not divide save_steps, so the history must be logged at each checkpoint to stay exact.
@@ -48,9 +50,19 @@ def _comparable(record: dict) -> dict:
     return out
 
 
-def _complete_checkpoints(folder):
-    return sorted(int(p.name.split("-")[1]) for p in folder.rglob("checkpoint-*")
-                  if (p / "trainer_state.json").exists())
+def _complete_checkpoints(outputs):
+    """Steps of the sealed checkpoints (their manifest is written last: xtf.checkpoints). Only the checkpoints
+    folder is listed: an rglob also descends into each checkpoint, and one removed by the run's rotation between
+    the listing and the descent raised FileNotFoundError in this poll (a flaky failure of this test)."""
+    steps = []
+    for ckpt_dir in outputs.glob("*/*/checkpoints"):  # <experiment>/<run id>/checkpoints
+        try:
+            names = os.listdir(ckpt_dir)
+        except FileNotFoundError:  # removed by a run that just completed (the test then says it ended too soon)
+            continue
+        steps += [int(name.split("-")[1]) for name in names
+                  if name.startswith("checkpoint-") and (ckpt_dir / name / MANIFEST).exists()]
+    return sorted(steps)
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,7 @@ import pytest
 from conftest import IN_CI, ROOT, compose
 from omegaconf import OmegaConf
 
+from xtf.cache import MANIFEST
 from xtf.config import register_schema, validate
 from xtf.results import run_id
 
@@ -111,14 +112,9 @@ def test_cancelled_cell_reruns_alone_and_a_preempted_cell_resumes(cluster, tmp_p
 
     todo = {0: cancel_now, 1: lambda job: slurm(env, "scancel", "--signal=USR2", job)}
 
-    def complete_checkpoint(i):  # trainer_state.json is written last (xtf.train.last_checkpoint); a checkpoint
-        for ckpt in ckpts[i].glob("checkpoint-*"):  # directory alone may still be half-written on a busy CPU
-            try:
-                json.loads((ckpt / "trainer_state.json").read_text())
-                return True
-            except (OSError, ValueError):
-                pass
-        return False
+    def complete_checkpoint(i):  # sealed: its manifest is written last (xtf.checkpoints); a checkpoint directory
+        # alone may still be half-written on a busy CPU, and one without its manifest is not resumed from
+        return any((ckpt / MANIFEST).is_file() for ckpt in ckpts[i].glob("checkpoint-*"))
 
     def act():
         for i in [i for i in todo if complete_checkpoint(i)]:

@@ -14,6 +14,7 @@ import time
 from conftest import ROOT, compose
 from test_slurm import SLURM, cluster, slurm, wait_for  # noqa: F401 - `cluster` is the dev-cluster fixture
 
+from xtf.cache import MANIFEST
 from xtf.config import validate
 from xtf.results import run_id
 
@@ -38,14 +39,8 @@ def test_a_two_task_ddp_cell_is_requeued_once_and_resumes_from_rank_0s_checkpoin
         lines = slurm(env, "squeue", "-h", "-r", "-o", "%i %T").split()
         return next((j for j, s in zip(lines[::2], lines[1::2]) if s in states), None)
 
-    def complete_checkpoint():  # the step of a checkpoint rank 0 finished (trainer_state.json is written last)
-        for ckpt in ckpts.glob("checkpoint-*"):
-            try:
-                json.loads((ckpt / "trainer_state.json").read_text())
-                return int(ckpt.name.split("-")[-1])
-            except (OSError, ValueError):
-                pass
-        return None
+    def complete_checkpoint():  # the step of a checkpoint rank 0 sealed (its manifest is written last: xtf.checkpoints)
+        return next((int(c.name.split("-")[-1]) for c in ckpts.glob("checkpoint-*") if (c / MANIFEST).is_file()), None)
 
     t0 = time.time()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -19,10 +19,11 @@ import json
 import logging
 import os
 import shutil
+import socket
 import stat
 import tempfile
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import numpy as np
@@ -119,6 +120,14 @@ def _verify(folder: Path) -> str | None:
     return None
 
 
+def write_manifest(folder: Path, kind: str) -> None:
+    """`folder`/manifest.json: the size and sha256 of every other file in it (what `verify` checks), written
+    atomically. Write it last: a folder with a manifest is complete."""
+    files = {str(p.relative_to(folder)): {"size": p.stat().st_size, "sha256": sha256_file(p)}
+             for p in _files(Path(folder))}
+    atomic_write_text(Path(folder) / MANIFEST, json.dumps({"kind": kind, "files": files}, indent=1))
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -149,36 +158,73 @@ def atomic_write_text(path: Path, text: str) -> None:
         raise
 
 
-@contextmanager
-def build_lock(cache_dir: Path, kind: str, key: str) -> Iterator[None]:
-    """Hold an exclusive lock on `<cache_dir>/.locks/<kind>-<key>.lock` (flock) for the block. The kernel drops
-    it when its holder exits, killed or not, so a crashed build never blocks the next one. Where locks are not
-    available (no fcntl, a read-only cache, a network mount without locking) the block runs unlocked: a
-    duplicate build costs time, and the atomic rename in `cached_dir` keeps the result whole either way.
-    The ranks of one distributed run never lock: a build may run collectives (every rank evaluating its share),
-    and a rank waiting here would stall the one holding the lock; they coordinate through xtf.distributed."""
-    from xtf import distributed  # lazy: the distributed runtime imports torch
+class LockHeld(RuntimeError):
+    """`file_lock(wait=False)` found the lock taken; `holder` is what its holder wrote into the lock file."""
 
+    def __init__(self, path: Path, holder: str):
+        self.path, self.holder = Path(path), holder
+        super().__init__(f"{path} is held by {holder}")
+
+
+def _holder(fd: int) -> str:
+    """What the lock's holder wrote into it ("pid N on HOST"); empty for an instant after it took the lock."""
+    return os.pread(fd, 256, 0).decode("utf-8", "replace").strip() or "another process (pid not yet written)"
+
+
+@contextmanager
+def file_lock(path: Path, wait: bool = True, waiting: str = "waiting for a lock") -> Iterator[bool]:
+    """Hold an exclusive lock (flock) on the file `path` for the block; yields whether it is locked. The holder
+    writes "pid N on HOST" into the file, so that a process that finds it taken can name the holder. The kernel
+    drops the lock when its holder exits, killed or not, so a crashed holder never blocks the next one.
+    wait=True: wait for it (logging `waiting` and the holder); wait=False: raise LockHeld at once.
+    Where locks are not available (no fcntl, a read-only folder, a network mount without locking) the block runs
+    unlocked (yields False). The lock is per open file, so two opens in one process exclude each other too."""
     fd = None
-    if fcntl is not None and distributed.runtime().world_size == 1:
+    if fcntl is not None:
         try:
-            (cache_dir / ".locks").mkdir(parents=True, exist_ok=True)
-            fd = os.open(cache_dir / ".locks" / f"{kind}-{key}.lock", os.O_RDWR | os.O_CREAT, default_mode())
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, default_mode())
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                log.info("waiting for another process that is building cache %s/%s", kind, key)
+                holder = _holder(fd)
+                if not wait:
+                    os.close(fd)
+                    fd = None
+                    raise LockHeld(path, holder) from None
+                log.info("%s (held by %s)", waiting, holder)
                 fcntl.flock(fd, fcntl.LOCK_EX)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
         except OSError as e:
-            log.debug("cache %s/%s built without a lock (%s)", kind, key, e)
+            log.debug("%s: running without a lock (%s)", path, e)
             if fd is not None:
                 os.close(fd)
                 fd = None
     try:
-        yield
+        yield fd is not None
     finally:
         if fd is not None:
+            with suppress(OSError):
+                os.ftruncate(fd, 0)  # still held: no later holder's pid is erased
             os.close(fd)  # releases the lock
+
+
+@contextmanager
+def build_lock(cache_dir: Path, kind: str, key: str) -> Iterator[None]:
+    """Hold an exclusive lock on `<cache_dir>/.locks/<kind>-<key>.lock` (`file_lock`, waiting for it) for the
+    block. Where locks are not available the block runs unlocked: a duplicate build costs time, and the atomic
+    rename in `cached_dir` keeps the result whole either way.
+    The ranks of one distributed run never lock: a build may run collectives (every rank evaluating its share),
+    and a rank waiting here would stall the one holding the lock; they coordinate through xtf.distributed."""
+    from xtf import distributed  # lazy: the distributed runtime imports torch
+
+    if distributed.runtime().world_size != 1:
+        yield
+        return
+    with file_lock(Path(cache_dir) / ".locks" / f"{kind}-{key}.lock",
+                   waiting=f"waiting for another process that is building cache {kind}/{key}"):
+        yield
 
 
 def _valid(final: Path, kind: str) -> bool:
@@ -213,8 +259,7 @@ def _build(final: Path, kind: str, spec: dict, build: Callable[[Path], None]) ->
     try:
         build(tmp)
         (tmp / "spec.json").write_text(json.dumps(spec, sort_keys=True, indent=1, default=str))
-        files = {str(p.relative_to(tmp)): {"size": p.stat().st_size, "sha256": sha256_file(p)} for p in _files(tmp)}
-        (tmp / MANIFEST).write_text(json.dumps({"kind": kind, "files": files}, indent=1))
+        write_manifest(tmp, kind)
         os.chmod(tmp, default_mode(folder=True))  # mkdtemp's 0700 would hide a shared cache from its other users
         try:
             os.replace(tmp, final)

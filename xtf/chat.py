@@ -21,6 +21,7 @@ Plain template (a model without one, or model.chat_template=false), one line per
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from typing import Optional
 
@@ -132,15 +133,30 @@ def _template_segments(tokenizer, messages: list[dict]) -> list[Segment]:
     return out
 
 
+_specials: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # tokenizer → its special texts, longest first
+
+
+def _special_texts(tokenizer) -> list[str]:
+    """The tokenizer's special token texts (named and added-special), longest first; computed once per tokenizer
+    (tens of thousands of rows each ask)."""
+    try:
+        return _specials[tokenizer]
+    except (KeyError, TypeError):
+        pass
+    named = {t for t in getattr(tokenizer, "all_special_tokens", []) if t}
+    added = {str(t) for t in (getattr(tokenizer, "added_tokens_decoder", None) or {}).values()
+             if getattr(t, "special", False)}
+    texts = sorted(named | added, key=len, reverse=True)
+    try:
+        _specials[tokenizer] = texts
+    except TypeError:
+        pass  # not weak-referenceable: computed again next time
+    return texts
+
+
 def _leading_special(tokenizer, text: str) -> str:
     """The special token text at the start of `text` (the turn's end marker), or ""."""
-    specials = sorted((t for t in getattr(tokenizer, "all_special_tokens", []) if t), key=len, reverse=True)
-    added = [str(t) for t in (getattr(tokenizer, "added_tokens_decoder", None) or {}).values()
-             if getattr(t, "special", False)]
-    for tok in sorted(set(specials) | set(added), key=len, reverse=True):
-        if text.startswith(tok):
-            return tok
-    return ""
+    return next((tok for tok in _special_texts(tokenizer) if text.startswith(tok)), "")
 
 
 def encode(tokenizer, messages: list[dict], chat_template: bool

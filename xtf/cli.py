@@ -29,19 +29,23 @@ def _run(cfg: DictConfig) -> None:
     from xtf.models import WeightsNotFound
     from xtf.pipeline import run
     from xtf.quiet import remove_failed_outputs, silence_known_warnings
+    from xtf.run_lock import RunBusy
     from xtf.sandbox import SandboxUnavailable
     from xtf.tasks.common import DataError
+    from xtf.unread import check_overrides_read
 
     silence_known_warnings()
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
         if not multirun and HydraConfig.get().sweeper.get("experiment_file"):
             raise ConfigError("hydra.sweeper.experiment_file runs an experiment's grid: add -m (or: make sweep EXP=)")
-        run(validate(cfg))
+        run_cfg = validate(cfg)
+        check_overrides_read(run_cfg, list(HydraConfig.get().overrides.task), sys.argv[1:])  # model=tiny model.path=
+        run(run_cfg)
     except BaseException as e:
         if not multirun:  # its Hydra folder (outputs/hydra/<date>/<time>) is noise; XTF_KEEP_FAILED_OUTPUTS=1 keeps it
             remove_failed_outputs(HydraConfig.get().runtime.output_dir)
-        if multirun or not isinstance(e, (ConfigError, WeightsNotFound, DataError, SandboxUnavailable)):
+        if multirun or not isinstance(e, (ConfigError, WeightsNotFound, DataError, SandboxUnavailable, RunBusy)):
             raise  # a sweep reports it with its cell (exiting here would end the sweep); a bug keeps its traceback
         log.error("%s: %s", type(e).__name__, e)  # a user error: one line, no traceback
         raise SystemExit(2) from None

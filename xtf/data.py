@@ -32,6 +32,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from xtf import cache, chat
+from xtf.identity import stat_key
 from xtf.tasks.common import DataError, TaskData, sha256_examples
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,7 @@ class Selection:
     dev: list[dict]         # carved from the training data (data.dev_size)
     test: list[dict]        # the test split after data.eval_limit
     eval: list[dict]        # what is evaluated: test, or dev under eval.split=dev (after data.eval_limit)
+    short: tuple[str, ...] = ()  # "data.limit=100000: 7473 rows available" for a limit above what the split holds
 
     def checksum(self) -> str:
         """sha256 of the rows actually used (training rows and evaluation rows): the data's part of a run id."""
@@ -69,12 +71,15 @@ class Selection:
 _selections: OrderedDict = OrderedDict()  # a few Selections per process: run_id and the pipeline share one load
 
 
-def _files_stamp(folder) -> list:
-    """(path, size, mtime) of every file below `folder`: part of the memo key, so a file changed in place is
-    read again."""
+def _files_stamp(where) -> list:
+    """xtf.identity.stat_key (inode, size, mtime, ctime) of the file `where`, or of every file below the folder:
+    part of the memo key, so a file changed in place is read again, even with its mtime set back."""
+    if where and Path(where).is_file():  # data.train_file / data.eval_file
+        return [stat_key(Path(where))]
+    folder = where
     if not folder or not Path(folder).is_dir():
         return []
-    return sorted((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in Path(folder).rglob("*") if p.is_file())
+    return sorted(stat_key(p) for p in Path(folder).rglob("*") if p.is_file())
 
 
 def select(cfg) -> Selection:
@@ -87,7 +92,8 @@ def select(cfg) -> Selection:
     key = cache.key_of({"task": dataclasses.asdict(cfg.task), "data": dataclasses.asdict(cfg.data),
                         "data_dir": cfg.paths.data_dir, "hub_mirror": cfg.paths.hub_mirror,
                         "split": cfg.eval.split, "eval": cfg.eval.enabled,
-                        "files": [_files_stamp(cfg.paths.data_dir), _files_stamp(cfg.paths.hub_mirror)]})
+                        "files": [_files_stamp(f) for f in (cfg.paths.data_dir, cfg.paths.hub_mirror,
+                                                            cfg.data.train_file, cfg.data.eval_file)]})
     if key in _selections:
         _selections.move_to_end(key)
         return _selections[key]
@@ -105,11 +111,24 @@ def select(cfg) -> Selection:
     if cfg.eval.enabled and not evaluated:
         raise DataError(f"the {cfg.eval.split} split of task={cfg.task.name} is empty ({task_data.source}"
                         f"{skipped}); nothing to evaluate (eval.enabled=false skips evaluation)")
-    found = Selection(task_data, train, dev, test, evaluated)
+    found = Selection(task_data, train, dev, test, evaluated, limits_not_met(cfg, len(train), len(test)))
+    for line in found.short:
+        log.warning("%s (task=%s): the run uses them all", line, cfg.task.name)
     _selections[key] = found
     while len(_selections) > 4:
         _selections.popitem(last=False)
     return found
+
+
+def limits_not_met(cfg, n_train: int, n_test: int) -> tuple[str, ...]:
+    """A line per limit above the rows its split holds (after the dev carve), e.g. "data.limit=100000: 7473 training
+    rows available": printed and recorded (the record's data.limits_not_met), never silently shortened."""
+    out = []
+    if cfg.data.limit is not None and n_train < cfg.data.limit:
+        out.append(f"data.limit={cfg.data.limit}: {n_train} training rows available")
+    if cfg.eval.split == "test" and cfg.data.eval_limit is not None and n_test < cfg.data.eval_limit:
+        out.append(f"data.eval_limit={cfg.data.eval_limit}: {n_test} test rows available")
+    return tuple(out)
 
 
 def as_clean(example: dict) -> dict:
@@ -156,7 +175,7 @@ def record_section(sel: Selection, eval_split: str) -> dict:
         "skipped_rows": td.skipped_rows, "skipped": td.skipped, "notes": td.notes,
         "duplicate_train_rows": len(repeated), "duplicates": repeated[:100],
         "n_train": len(sel.train), "n_dev": len(sel.dev), "n_test": len(sel.test),
-        "eval_split": eval_split, "n_eval": len(sel.eval),
+        "eval_split": eval_split, "n_eval": len(sel.eval), "limits_not_met": list(sel.short),
     }
 
 

@@ -23,7 +23,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import re
+import shutil
 from html import escape
 from pathlib import Path
 
@@ -295,9 +297,12 @@ def write_inputs(run_dir: Path, rows: list[dict], tokenizer, keeps: list, noisy:
     if selection is not None:
         scores = {**scores, SELECTED: selection["share"]}
         lengths = [len(s) for s in selection["share"]]
-        with open(Path(run_dir) / "selection.npz", "wb") as f:
+        final = Path(run_dir) / "selection.npz"
+        part = final.with_name(f".{final.name}.{os.getpid()}.part")  # whole or absent: renamed when written
+        with open(part, "wb") as f:
             np.savez(f, share=np.concatenate(selection["share"]) if lengths else np.zeros(0), lengths=lengths,
                      visits=np.asarray(selection["visits"]))
+        os.replace(part, final)
     lines = []
     for i, row in enumerate(rows[:n_samples]):
         answer = np.asarray(row["response_mask"], bool)
@@ -364,10 +369,27 @@ def write_inputs(run_dir: Path, rows: list[dict], tokenizer, keeps: list, noisy:
 
 
 def write_report(run_dir: Path) -> Path:
-    """Write <run_dir>/explain/index.html and hist_<attr>.png; return the HTML path."""
+    """Write <run_dir>/explain/index.html and hist_<attr>.png; return the HTML path. The folder is written beside
+    (.explain-<pid>) and renamed into place when whole: a full disk or a kill leaves the previous report or none,
+    never a partial page."""
     run_dir = Path(run_dir)
+    final = run_dir / "explain"
+    work = run_dir / f".explain-{os.getpid()}"
+    shutil.rmtree(work, ignore_errors=True)
+    try:
+        _write_report(run_dir, work)
+        old = run_dir / f".explain-old-{os.getpid()}"
+        if final.exists():
+            final.rename(old)
+        work.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return final / "index.html"
+
+
+def _write_report(run_dir: Path, out: Path) -> None:
     summary, samples = load_run(run_dir)
-    out = run_dir / "explain"
     out.mkdir(parents=True, exist_ok=True)
     info = summary.get("attributes") or {}
     attrs = _attributes(summary, samples)
@@ -441,9 +463,7 @@ def write_report(run_dir: Path) -> Path:
 <h2>Samples ({len(samples)})</h2>{body}</main>
 <script>{JS}</script></body></html>
 """
-    path = out / "index.html"
-    path.write_text(html, encoding="utf-8")
-    return path
+    (out / "index.html").write_text(html, encoding="utf-8")
 
 
 def main(argv: list[str] | None = None) -> None:

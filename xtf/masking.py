@@ -13,6 +13,7 @@ stops learning to stop. xtf_official sets it false: the released code has no suc
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import numpy as np
@@ -233,6 +234,31 @@ METHODS = {
 # Online methods (xtf.online.ONLINE) choose tokens per batch during training: offline they keep every answer token.
 METHODS.update({name: (entry["needs"], keep_all_answer_tokens) for name, entry in online.ONLINE.items()
                 if name not in METHODS})
+
+
+# name → the MethodConfig keys it reads besides COMMON_KEYS (xtf.unread refuses an override of any other): None
+# for the attribute methods (method.attributes and the sections of the attributes named there). A method that
+# needs the reference losses ("ref_nll") also reads the reference model's keys (REFERENCE_KEYS).
+COMMON_KEYS = frozenset({"name", "finetune", "epochs_factor", "exempt_special", "protocol"})
+REFERENCE_KEYS = ("reference_warmup", "reference_lora_r", "reference_lora_alpha", "reference_lora_dropout",
+                  "reference_lr", "reference_warmup_ratio")
+KEYS = {"normal": (), "normal_x2": (), "none": (), "xtf": None, "xtf_official": None,
+        "tc": ("keep_ratio", "scope", "rounds", "evolve"), "df": ("drop_ratio",), "random": ("match",),
+        "oracle": (), "stm": ("stm",), "da": ("da",)}
+KEYS.update({name: entry["keys"] for name, entry in online.ONLINE.items() if name not in KEYS})
+
+
+def method_keys(method) -> frozenset[str]:
+    """The MethodConfig fields `method` reads (top level: "ri" stands for method.ri.*), under its own settings:
+    XTF reads method.ri only with "ri" in method.attributes; random reads `ratio` without `match`, else what the
+    matched method reads."""
+    keys = KEYS[method.name]
+    own = set(COMMON_KEYS) | set(("attributes", "cap", *method.attributes) if keys is None else keys)
+    if "ref_nll" in (METHODS[method.name][0] or ()):
+        own |= set(REFERENCE_KEYS)
+    if method.name == "random":  # the registry's own entry: random borrows the keys of the method it matches
+        own |= {"ratio"} if method.match is None else method_keys(dataclasses.replace(method, name=method.match))
+    return frozenset(own)
 
 
 def scores_needed(method) -> tuple[str, ...]:

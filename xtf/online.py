@@ -92,13 +92,14 @@ def dft(step: Step, method):
     return step.labels, dft_weights(step.nll, step.labels)
 
 
-# name → what it reads before training (`needs`: xtf.scoring score names), what it needs computed during the
-# step (`signals(method)`: keys of SIGNALS) and its rule.
+# name → what it reads before training (`needs`: xtf.scoring score names), the MethodConfig keys it reads (`keys`:
+# xtf.masking.method_keys), what it needs computed during the step (`signals(method)`: keys of SIGNALS), its rule.
 ONLINE = {
-    "slm": {"needs": ("ref_nll",), "signals": lambda m: (), "select": slm},
-    "sstoken": {"needs": ("nll",), "signals": sstoken.signals, "select": sstoken.select},
-    "profit": {"needs": (), "signals": lambda m: (), "select": profit},
-    "dft": {"needs": (), "signals": lambda m: (), "select": dft},
+    "slm": {"needs": ("ref_nll",), "keys": ("keep_ratio",), "signals": lambda m: (), "select": slm},
+    "sstoken": {"needs": ("nll",), "keys": ("keep_ratio", "sstoken"), "signals": sstoken.signals,
+                "select": sstoken.select},
+    "profit": {"needs": (), "keys": ("profit",), "signals": lambda m: (), "select": profit},
+    "dft": {"needs": (), "keys": (), "signals": lambda m: (), "select": dft},
 }
 
 # Per-step signals: name → provider class; provider(model, method) has capture(model, batch) → a context manager

@@ -20,13 +20,16 @@ from xtf import (
     augment,
     data,
     decisions,
+    disk,
     distributed,
     explain,
     export,
+    finite,
     masking,
     models,
     online,
     results,
+    run_lock,
     sandbox,
     scoring,
     tasks,
@@ -64,7 +67,8 @@ def run(cfg: RunConfig) -> dict:
     results.check_writable(cfg)  # first: a read-only results folder fails now, not after training
     distributed.start(cfg.dist, cfg.device, cfg.train)  # one process: nothing; torchrun / SLURM tasks: join
     try:
-        record = _run(cfg)
+        with run_lock.held(cfg):  # one launch of a run at a time: a second one stops here, naming the holder's pid
+            record = _run(cfg)
     except BaseException:
         distributed.finish(clean=False)  # no barrier: the other ranks may have failed too (torchrun ends them)
         raise
@@ -93,6 +97,7 @@ def _run(cfg: RunConfig) -> dict:
         if main:
             _export(cfg, folder)  # export.enabled on a finished run: exported from its folder, nothing rerun
         return existing
+    disk.check_free_space(cfg, weights, len(train_examples))  # a disk the run would fill fails now, naming it
     device = distributed.device(cfg.device)  # cuda:LOCAL_RANK on a multi-GPU run
     with results.wandb_mirror(cfg, folder.name) as wandb_run:
         tokenizer = models.load_tokenizer(weights)
@@ -158,7 +163,9 @@ def _evaluate(cfg: RunConfig, model, tokenizer, task, eval_examples, main: bool)
 
 def _record(cfg: RunConfig, folder, task, used, weights: str, device, timer, **stages) -> dict:
     """results.json's content: the stages' outputs (metrics, mask, scoring, detection, tokenization, training,
-    augmentation, eval_protocol) with what identifies the run and where it came from."""
+    augmentation, eval_protocol) with what identifies the run and where it came from. A NaN or infinite metric or
+    training loss fails here, naming it: such a run is never recorded complete (xtf.finite)."""
+    finite.check_record(stages.get("metrics"), stages.get("training"))
     return {
         "status": "complete",
         "schema": results.RESULTS_SCHEMA,
@@ -171,6 +178,7 @@ def _record(cfg: RunConfig, folder, task, used, weights: str, device, timer, **s
         "data": data.record_section(used, cfg.eval.split),
         "versions": code_versions(task),
         "weights": weights,
+        **results.record_identity(task, weights, cfg.paths.cache_dir),  # the weights' sha256, each stage's code hash
         "config": dataclasses.asdict(cfg),
         "provenance": results.provenance(str(device)),
         "timings": timer.seconds,  # the same dict: stages timed after this (explain) are in the written record

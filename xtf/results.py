@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -24,6 +25,7 @@ from pathlib import Path
 from xtf import __version__, distributed
 from xtf.cache import atomic_write_text, key_of
 from xtf.config import RunConfig
+from xtf.identity import code_hashes, identity_of, weights_sha256
 
 log = logging.getLogger(__name__)
 RESULTS_SCHEMA = 1
@@ -44,6 +46,9 @@ _CODE_EVAL_KEYS = {"n_samples", "temperature", "top_p", "pass_k", "code_protocol
 
 
 _EVAL_FIELDS = ("batch_tokens", "backend")
+PATCH_FILE = "git.patch"  # `git diff HEAD` of a dirty checkout, in the run folder
+UNTRACKED_SHOWN = 50  # untracked files named in the record (all are counted)
+_patches: dict[str, str] = {}  # diff sha256 → diff text, from git_state until write_record saves it
 
 
 def _omitted_at_default(cls: type, name: str, value) -> bool:
@@ -87,20 +92,36 @@ def content_identity(cfg: RunConfig) -> dict:
     (or the Hub id when not downloaded)} for real weights, {"data": checksum of the rows used} for data read from
     files or the Hub. Tiny models and generated data (task=synth) are functions of config values already in the
     run id, so they add nothing (and such runs keep the ids they had before content identities existed).
-    Hashes and loads are remembered per process, keyed by file path + mtime + size (xtf.identity, xtf.data.select),
+    Hashes and loads are remembered, keyed by each file's stat (xtf.identity: inode and ctime too; xtf.data.select),
     so this is cheap after the pipeline's own load and still sees a file changed in place. Raises WeightsNotFound /
     DataError when the weights or the data are unavailable."""
     from xtf import data, models
-    from xtf.identity import weights_identity
 
     out = {}
     if not cfg.model.tiny:
         weights = models.resolve_weights(cfg.model, cfg.paths.cache_dir)
-        out["weights"] = weights_identity(weights, cfg.paths.cache_dir) if Path(weights).is_dir() else f"hub:{weights}"
+        out["weights"] = weights_content(weights, cfg.paths.cache_dir)["identity"]
     selection = data.select(cfg)
     if selection.task_data.source != "generated":
         out["data"] = selection.checksum()
     return out
+
+
+def weights_content(weights: str, cache_dir: str) -> dict:
+    """What the weights a run read hold: {"identity": the folder's content hash (the run id's content.weights),
+    "sha256": {file name: sha256} of its weight, config and tokenizer files}; {"identity": "hub:<id>",
+    "sha256": {}} for weights read from the Hub (never downloaded to a folder)."""
+    if not Path(weights).is_dir():
+        return {"identity": f"hub:{weights}", "sha256": {}}
+    files = weights_sha256(weights, cache_dir)
+    return {"identity": identity_of(files), "sha256": files}
+
+
+def record_identity(task, weights: str, cache_dir: str) -> dict:
+    """The record's content identities: `weights_content` (what the weights at record["weights"] held) and `code`
+    ({stage: hash of its source}, xtf.identity.code_hashes), against which a reused record is checked
+    (xtf.summary.code_warning)."""
+    return {"weights_content": weights_content(weights, cache_dir), "code": code_hashes(task)}
 
 
 def run_id(cfg: RunConfig) -> str:
@@ -188,19 +209,34 @@ def adopt_record(folder: Path) -> dict | None:
     return None
 
 
-def git_state(root: Path) -> dict:
-    """Commit sha and whether the working tree has uncommitted changes (None outside a git checkout)."""
-    def git(*args):
-        return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10)
+def _git(root: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["git", "-C", str(root), *args], capture_output=True, timeout=10)
 
+
+def git_state(root: Path) -> dict:
+    """What ran, as git sees it: the commit sha; `dirty`, true when tracked files differ from the commit or untracked
+    (not ignored) files exist; the untracked files (the first UNTRACKED_SHOWN, and how many); and, when tracked
+    files differ, the sha256 of `git diff HEAD --binary`, whose text `write_record` saves as PATCH_FILE in the
+    run folder (`git apply` it on the commit to get the code that ran). Everything None outside a git checkout."""
     try:
-        sha = git("rev-parse", "HEAD")
+        sha = _git(root, "rev-parse", "HEAD")
         if sha.returncode != 0:
             return {"sha": None, "dirty": None}
-        dirty = git("status", "--porcelain", "--untracked-files=no").stdout.strip() != ""
-        return {"sha": sha.stdout.strip(), "dirty": dirty}
+        diff = _git(root, "diff", "HEAD", "--binary")
+        untracked = _git(root, "ls-files", "--others", "--exclude-standard", "-z")
     except (OSError, subprocess.TimeoutExpired):
         return {"sha": None, "dirty": None}
+    if diff.returncode or untracked.returncode:  # unknown, never reported clean
+        return {"sha": sha.stdout.decode().strip(), "dirty": None}
+    names = sorted(n for n in untracked.stdout.decode(errors="replace").split("\0") if n)
+    state = {"sha": sha.stdout.decode().strip(), "dirty": bool(diff.stdout or names),
+             "untracked": names[:UNTRACKED_SHOWN], "n_untracked": len(names), "diff_sha256": None, "patch": None}
+    if diff.stdout:
+        digest = hashlib.sha256(diff.stdout).hexdigest()
+        # Held until write_record saves it beside results.json (decoded: a non-UTF-8 hunk's bytes become U+FFFD).
+        _patches[digest] = diff.stdout.decode(errors="replace")
+        state.update(diff_sha256=digest, patch=PATCH_FILE)
+    return state
 
 
 def library_versions(names=LIBRARIES) -> dict:
@@ -235,7 +271,11 @@ def write_predictions(folder: Path, predictions: list[dict]) -> None:
 
 
 def write_record(folder: Path, record: dict) -> Path:
-    """Atomically write results.json (last, after every other file of the run)."""
+    """Atomically write results.json (last, after every other file of the run), and before it the uncommitted
+    changes of the code that ran (PATCH_FILE, when its provenance names a diff this process read: git_state)."""
+    digest = (((record.get("provenance") or {}).get("git")) or {}).get("diff_sha256")
+    if digest in _patches:
+        atomic_write_text(Path(folder) / PATCH_FILE, _patches[digest])
     path = Path(folder) / "results.json"
     atomic_write_text(path, json.dumps(record, indent=2, sort_keys=True, default=str) + "\n")
     return path

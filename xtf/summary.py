@@ -7,6 +7,8 @@ Everything printed comes from the run's record (results.json), so a skipped run 
 Accuracy carries a 95 % Wilson score interval and its n: with a few dozen test examples the interval is wide,
 and saying so is the point. The kept fraction of an online method (xtf.online) is the one it chose during training,
 labelled as such (`kept_fraction`): its offline mask keeps every answer token, so "kept 1.000" would mislead.
+A record made by other code than this (its `code` hashes, xtf.identity.code_hashes) says so in every view
+(`code_warning`): the summary, this comparison and `make tables` (xtf.tables).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from xtf import official
+from xtf.identity import changed_stages, code_hashes
 
 TRUNCATION_WARN = 0.02   # warn when truncation cut more than this share of the answer tokens
 
@@ -79,6 +82,53 @@ def detection_lines(record: dict) -> list[str]:
                if (record.get("mask") or {}).get("detection_mask") else "")]
 
 
+def code_changes(record: dict) -> list[str] | None:
+    """The stages whose source differs between the code that made `record` and this code (xtf.identity.CODE_STAGES,
+    "task": its task module); None for a record made before code hashes were recorded."""
+    from xtf import tasks
+
+    recorded = record.get("code")
+    if not isinstance(recorded, dict):
+        return None
+    return changed_stages(recorded, code_hashes(tasks.TASKS.get(record.get("task"))))
+
+
+def code_warning(record: dict) -> str | None:
+    """A warning when a record may not be what this code computes: made by other code, or before code hashes."""
+    changed = code_changes(record)
+    if changed is None:
+        return ("WARNING: this record predates code hashes (made by an older xtf): whether this code would compute "
+                "the same numbers cannot be checked; force=true reruns it")
+    if changed:
+        return (f"WARNING: this record was made by other code (changed since: {', '.join(changed)}); its numbers may "
+                f"differ from what this code computes: force=true reruns it")
+    return None
+
+
+def stale_code_lines(records: list[dict], where: str, shown: int = 10) -> list[str]:
+    """Warning lines naming the records of `where` made by other code or before code hashes (at most `shown`
+    run ids each); none when every record matches this code."""
+    changed, old = {}, []
+    for r in records:
+        stages = code_changes(r)
+        if stages is None:
+            old.append(r.get("run_id", "?"))
+        elif stages:
+            changed[r.get("run_id", "?")] = stages
+    out = []
+    if changed:
+        names = [f"{rid} ({', '.join(stages)})" for rid, stages in list(changed.items())[:shown]]
+        more = f" and {len(changed) - shown} more" if len(changed) > shown else ""
+        out.append(f"[xtf] WARNING: {where}: {len(changed)} of {len(records)} records were made by other code "
+                   f"(changed stages in brackets): {'; '.join(names)}{more}; their numbers may differ from what this "
+                   f"code computes (force=true reruns a run)")
+    if old:
+        more = f" and {len(old) - shown} more" if len(old) > shown else ""
+        out.append(f"[xtf] WARNING: {where}: {len(old)} of {len(records)} records predate code hashes (made by an "
+                   f"older xtf; the code that made them cannot be checked): {', '.join(old[:shown])}{more}")
+    return out
+
+
 def summary_lines(record: dict, folder) -> list[str]:
     """The end-of-run summary, as lines (xtf.pipeline prints them)."""
     m, mask, tok = record.get("metrics", {}), record.get("mask") or {}, record.get("tokenization") or {}
@@ -120,6 +170,9 @@ def summary_lines(record: dict, folder) -> list[str]:
     if answer_tokens and cut / (answer_tokens + cut) > TRUNCATION_WARN:
         lines.append(f"WARNING: truncation cut {cut} answer tokens ({cut / (answer_tokens + cut):.1%}) in "
                      f"{tok.get('n_truncated')} of {tok.get('n_examples')} training examples; raise data.max_len")
+    warning = code_warning(record)
+    if warning:
+        lines.append(warning)
     report = Path(folder) / "explain" / "index.html"
     if report.is_file():
         lines.append(f"explanation report: {report}")
@@ -162,7 +215,7 @@ def compare_lines(folder: Path) -> list[str]:
     if any_online:
         out.append("* kept fraction chosen online during training (training.online.kept_fraction; for a "
                    "loss-weighting rule, the mean weight): the offline mask keeps every answer token")
-    return out
+    return stale_code_lines(records, str(folder)) + out  # first: seen before the numbers
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -45,13 +45,14 @@ from __future__ import annotations
 import json
 import math
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
 import yaml
 
 from xtf.experiment import PAPER_NUMBERS, ROOT, SpecError, collect, expand
-from xtf.summary import kept_fraction
+from xtf.summary import kept_fraction, stale_code_lines
 
 _TABLE_KEYS = ("rows", "columns", "split", "values", "value", "best", "scale", "digits", "names", "paper",
                "paper_key", "mean")
@@ -517,6 +518,9 @@ def write_tables(spec: dict, out_dir: str | Path | None = None, skip_empty: bool
         print(f"[xtf] {spec['name']}: no complete run yet, table not built")
         return None
     out_dir.mkdir(parents=True, exist_ok=True)
+    # A record reused by every rebuild may have been made by other code than this: said, never a failure.
+    for line in stale_code_lines([r for rs in records.values() for r in rs], spec["name"]):
+        print(line, file=sys.stderr)
     paper, note = paper_values_for(spec, paper_numbers)
     sections = build(spec, records, paper)
     n_runs, n_done = len(expand(spec)), sum(len(r) for r in records.values())

@@ -16,17 +16,17 @@ import contextlib
 import json
 import logging
 import math
-import shutil
 import time
-import zipfile
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from xtf import distributed, lm_loss
+from xtf import checkpoints, distributed, lm_loss
+from xtf.checkpoints import last_checkpoint
 from xtf.config import ModelConfig, TrainConfig
+from xtf.finite import LossWatch, NonFiniteError
 
 log = logging.getLogger(__name__)
 IGNORE = -100
@@ -147,6 +147,7 @@ def _trainer_class():
         loss_impl = "chunked"
         selector = None                # an online method's xtf.online.Selector: per-batch labels / loss weights
         throughput = None              # Throughput: tokens and padding of every micro-batch
+        watch = None                   # xtf.finite.LossWatch: the first step with a NaN / infinite loss
         loss_is_scaled_for_ga = False  # a per-micro-batch mean; Trainer divides by the accumulation steps
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -154,18 +155,24 @@ def _trainer_class():
             rows = inputs.pop("row", None)
             if self.throughput is not None:
                 self.throughput.count(inputs, labels)
+            step = self.state.global_step
             if self.selector is None:
                 loss = step_loss(model, inputs, labels, response_mask, self.loss_norm, self.loss_impl)
-                return (loss, None) if return_outputs else loss
-            step = self.state.global_step
-            loss = step_loss(model, inputs, labels, response_mask, self.loss_norm, self.loss_impl,
-                             select=lambda nll, lab, signals: self.selector(signals, lab, nll, rows, step,
-                                                                            self.state.max_steps),
-                             around_forward=self.selector.capture(model, {**inputs, "response_mask": response_mask,
-                                                                          "step": step}))
+            else:
+                loss = step_loss(model, inputs, labels, response_mask, self.loss_norm, self.loss_impl,
+                                 select=lambda nll, lab, signals: self.selector(signals, lab, nll, rows, step,
+                                                                                self.state.max_steps),
+                                 around_forward=self.selector.capture(model, {**inputs,
+                                                                              "response_mask": response_mask,
+                                                                              "step": step}))
+            if self.watch is not None:
+                self.watch.see(loss, step + 1)  # global_step counts the completed steps
             return (loss, None) if return_outputs else loss
 
         def log(self, logs, *args, **kwargs):
+            if self.watch is not None:  # before anything logs or saves a step trained on a NaN (xtf.finite)
+                self.watch.check(logs, self.state.global_step, self.state.max_steps,
+                                 self.accelerator.optimizer_step_was_skipped)
             if self.selector is not None and "loss" in logs:  # the online method's kept fraction since the last log
                 kept = self.selector.kept_fraction_since_log(self.state.global_step)
                 if kept is not None:
@@ -196,13 +203,17 @@ class Throughput:
                 "seconds": round(seconds, 3), "tokens_per_s": round(tokens / seconds, 1) if seconds > 0 else None}
 
 
-def _loss_recorder(history: list[dict], wandb_run, selector=None):
+def _loss_recorder(history: list[dict], wandb_run, selector=None, keep: int = 2):
     from transformers import TrainerCallback
 
     class LossRecorder(TrainerCallback):
         def on_save(self, args, state, control, **kwargs):
+            ckpt = Path(args.output_dir) / f"{checkpoints.PREFIX}{state.global_step}"
             if selector is not None:  # an online method's books travel with the checkpoint (resume)
-                selector.save(Path(args.output_dir) / f"checkpoint-{state.global_step}")
+                selector.save(ckpt)
+            distributed.barrier()  # every rank's files (its RNG state, its shards) are written
+            if state.is_world_process_zero:  # the manifest, last; then the older checkpoints go (xtf.checkpoints)
+                checkpoints.seal(ckpt, keep)
 
         def on_step_end(self, args, state, control, **kwargs):
             # Also log at every checkpoint and at the last step (HF logs only every logging_steps), so that the
@@ -222,50 +233,6 @@ def _loss_recorder(history: list[dict], wandb_run, selector=None):
     return LossRecorder()
 
 
-def checkpoint_problem(ckpt: Path) -> str | None:
-    """Why `ckpt` cannot be resumed from, or None. HF Trainer writes trainer_state.json after the weights and the
-    optimizer state, so a checkpoint without it was cut short by a kill. Files can also be truncated afterwards
-    (a full disk, a copy cut short): every safetensors file must open (its header covers the file exactly) and
-    every torch file (optimizer, scheduler, RNG state: zip archives) must have its index, which is written last.
-    Both checks read headers only, not the tensors."""
-    from safetensors import safe_open
-
-    try:
-        json.loads((ckpt / "trainer_state.json").read_text())
-    except (OSError, ValueError):
-        return "no readable trainer_state.json"
-    for f in sorted(ckpt.iterdir()):
-        try:
-            if f.suffix == ".safetensors":
-                with safe_open(str(f), framework="pt"):
-                    pass
-            elif f.suffix in (".pt", ".pth", ".bin"):
-                with zipfile.ZipFile(f):
-                    pass
-            elif f.suffix == ".json":
-                json.loads(f.read_text())
-        except Exception as e:  # noqa: BLE001 - any failure to open means "cannot resume from this"
-            return f"{f.name} does not load ({type(e).__name__}: {str(e)[:120]})"
-    return None
-
-
-def last_checkpoint(ckpt_dir: Path) -> str | None:
-    """The newest checkpoint in ckpt_dir that loads (`checkpoint_problem`). A newer one that does not is removed
-    with a warning, and the previous complete one is used instead: a relaunch never fails on a broken checkpoint."""
-    if not ckpt_dir.is_dir():
-        return None
-    found = sorted((p for p in ckpt_dir.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()),
-                   key=lambda p: int(p.name.split("-")[-1]), reverse=True)
-    for ckpt in found:
-        problem = checkpoint_problem(ckpt)
-        if problem is None:
-            return str(ckpt)
-        log.warning("removing checkpoint %s, which cannot be resumed from (%s); falling back to the previous one",
-                    ckpt, problem)
-        shutil.rmtree(ckpt, ignore_errors=True)
-    return None
-
-
 def train_loss(history: list[dict]) -> float | None:
     """Mean loss over every optimiser step, from the loss history (each entry: the mean over the steps since the
     previous entry, so it weighs by that many steps). The history comes from the checkpoints' trainer_state.json
@@ -273,15 +240,18 @@ def train_loss(history: list[dict]) -> float | None:
     `training_loss` covers only the steps of the last process: 0.0 when a run resumes from its final checkpoint)."""
     total, steps, previous = 0.0, 0, 0
     for h in history:
+        if not math.isfinite(h["loss"]):  # xtf.finite: never a mean over a NaN, never a silent None instead
+            raise NonFiniteError(f"the training loss logged at step {h['step']} is {h['loss']}")
         total += h["loss"] * (h["step"] - previous)
         steps += h["step"] - previous
         previous = h["step"]
-    return total / steps if steps and math.isfinite(total) else None
+    return total / steps if steps else None
 
 
 def finetune(model, tokenizer, rows: list[dict], keeps: list[np.ndarray], train_cfg: TrainConfig,
              model_cfg: ModelConfig, epochs_factor: int, seed: int, out_dir: Path, wandb_run=None, selector=None):
-    """Fine-tune `model` on rows with labels from `keeps`; resumes from the newest checkpoint in out_dir.
+    """Fine-tune `model` on rows with labels from `keeps`; resumes from the newest checkpoint in out_dir whose
+    checksum manifest matches (xtf.checkpoints). A NaN or infinite loss stops it, naming the step (xtf.finite).
 
     Returns (model ready for evaluation, info dict with loss history, steps and resume point). Rows whose
     keep mask is empty must already have been removed by the caller (and counted). With `selector` (an online
@@ -319,8 +289,9 @@ def finetune(model, tokenizer, rows: list[dict], keeps: list[np.ndarray], train_
         max_grad_norm=train_cfg.max_grad_norm,
         save_strategy="steps",
         save_steps=train_cfg.save_steps,
-        save_total_limit=train_cfg.save_total_limit,
+        save_total_limit=None,  # xtf removes old checkpoints itself, once the new one is sealed (xtf.checkpoints)
         logging_steps=train_cfg.logging_steps,
+        logging_nan_inf_filter=False,  # HF would log a finite stand-in for a NaN loss; xtf fails (xtf.finite)
         seed=seed,
         data_seed=seed,  # the data order is shuffled per seed
         report_to=[],    # W&B is mirrored by our own callback, into the run record's W&B run
@@ -336,10 +307,12 @@ def finetune(model, tokenizer, rows: list[dict], keeps: list[np.ndarray], train_
     history: list[dict] = []
     trainer = _trainer_class()(model=model, args=args, train_dataset=dataset,
                                data_collator=Collator(tokenizer.pad_token_id, packed=train_cfg.packing),
-                               callbacks=[_loss_recorder(history, wandb_run, selector)])
+                               callbacks=[_loss_recorder(history, wandb_run, selector, train_cfg.save_total_limit)])
     trainer.loss_norm, trainer.loss_impl = train_cfg.loss_norm, loss_impl
-    trainer.selector, trainer.throughput = selector, Throughput()
-    resume = last_checkpoint(ckpt_dir)
+    trainer.selector, trainer.throughput, trainer.watch = selector, Throughput(), LossWatch()
+    # Rank 0 checks (and removes broken) checkpoints alone, the others take its answer: no rank reads a checkpoint
+    # another is deleting.
+    resume = distributed.broadcast(last_checkpoint(ckpt_dir) if distributed.is_main() else None)
     if resume:
         log.info("resuming fine-tuning from %s", resume)
         history.extend(_history_from_checkpoint(Path(resume)))
