@@ -128,7 +128,7 @@ def card(record: dict, stats: dict) -> str:
         f"| rows with no kept token | {stats['empty_rows']} (all labels -100: not trained on; TRL's SFTTrainer drops "
         f"them too) |",
         f"| run id | `{record['run_id']}` (experiment `{record['experiment']}`, seed {record['seed']}) |",
-        f"| xtf | git {git.get('sha') or '?'}{' (uncommitted changes)' if git.get('dirty') else ''}, versions "
+        f"| xtf | git {git.get('sha') or '?'}{_dirty(git)}, versions "
         f"{json.dumps(record.get('versions') or {}, sort_keys=True)} |", "",
         *_selection_lines(record, stats),
         "## Kept fraction per attribute", "", *_attribute_lines(stats, record["method"]),
@@ -154,3 +154,14 @@ def card(record: dict, stats: dict) -> str:
         "laid out as a Hub dataset repository); so do pandas, polars and other Parquet readers.", "",
     ]
     return "\n".join(lines)
+
+
+def _dirty(git: dict) -> str:
+    """What the record's git state says beyond the commit: changed tracked files (their diff's hash) and/or files
+    git does not track."""
+    parts = [f"uncommitted changes, diff sha256 {git['diff_sha256'][:12]}"] if git.get("diff_sha256") else []
+    if git.get("n_untracked"):
+        parts.append(f"{git['n_untracked']} untracked files")
+    if git.get("dirty") and not parts:
+        parts.append("uncommitted changes")
+    return f" ({'; '.join(parts)})" if parts else ""

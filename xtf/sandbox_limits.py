@@ -42,11 +42,13 @@ import shutil
 import signal
 import subprocess
 import threading
+import time
 import uuid
 
 log = logging.getLogger(__name__)
 
 POLL_S = 0.05                # watchdog poll period (seconds)
+REMOVE_WAIT_S = 60.0         # how long a finished sandbox's cgroup may take to empty before it is left behind
 PAGE = os.sysconf("SC_PAGE_SIZE")
 # sh: join each cgroup given before "--" (write our own pid), then exec the command after it; 125 if a join fails.
 JOIN = 'while [ "$1" != -- ]; do echo $$ > "$1" || exit 125; shift; done; shift; exec "$@"'
@@ -245,8 +247,10 @@ def _field(d: str, name: str, key: str) -> int:
 
 
 def _remove(d: str) -> None:
-    """rmdir a sandbox's cgroup, killing what is left in it; its pid namespace may take a moment to empty."""
-    for _ in range(100):
+    """rmdir a sandbox's cgroup, killing what is left in it; its pid namespace may take a moment to empty (long
+    on a loaded machine: the wait ends as soon as it is empty, or after REMOVE_WAIT_S)."""
+    deadline = time.monotonic() + REMOVE_WAIT_S
+    while time.monotonic() < deadline:
         try:
             os.rmdir(d)
             return
