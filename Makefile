@@ -17,10 +17,10 @@ ifneq ($(wildcard ../shared/data),)
 export XTF_DATA_DIR ?= $(abspath ../shared/data)
 endif
 
-.PHONY: install install-bench run test test-real test-slow test-gpu lint bench-scoring bench-scale bench-train bench-noise bench-noise-real sweep plan tables clean help
+.PHONY: install install-bench run test test-real test-slow test-gpu lint bench-scoring bench-run bench-scale bench-train bench-noise bench-noise-real sweep plan tables clean help
 
 help:
-	@echo "make install | run | test | test-real | test-slow | test-gpu | lint | bench-scoring | bench-scale | bench-train | bench-noise | bench-noise-real | sweep | plan | tables | clean"
+	@echo "make install | run | test | test-real | test-slow | test-gpu | lint | bench-scoring | bench-run | bench-scale | bench-train | bench-noise | bench-noise-real | sweep | plan | tables | clean"
 
 # PYTHONWARNINGS=ignore on the editable install: setuptools' editable-mode notice says nothing to act on.
 $(STAMP): pyproject.toml constraints.txt requirements-models.txt
@@ -39,7 +39,7 @@ install: $(STAMP)
 run: install
 	$(PY) run.py preset=quickstart method=normal $(ARGS)
 	$(PY) run.py preset=quickstart method=xtf $(ARGS)
-	$(PY) -m xtf.summary results/quickstart
+	$(PY) -m xtf.summary results/quickstart --baseline normal
 
 test: install
 	$(PY) -m pytest -q $(PYTEST_ARGS)
@@ -59,6 +59,11 @@ lint: install
 
 bench-scoring: install
 	$(PY) experiments/bench_scoring.py $(ARGS)
+
+# The quickstart's two runs on a quiet CPU, then beside 2 spinning processes: wall time per stage, peak RSS and
+# torch threads per run; table in results/tables/bench_run.md. ARGS: run overrides (data.limit=8 data.eval_limit=4).
+bench-run: install
+	$(PY) experiments/bench_run.py $(ARGS)
 
 # Scoring 1k / 4k / 16k synthetic rows (tiny base, one pinned thread, one process per size): wall time and peak RSS
 # per size (~6 min on 2 busy cores); table in results/tables/bench_scale.md.

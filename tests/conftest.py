@@ -14,6 +14,9 @@ os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# One fixed thread count for every run.py a test launches (xtf.threads would otherwise choose one from the load at
+# each launch): two launches that a test compares then run the same floating-point reductions.
+os.environ.setdefault("OMP_NUM_THREADS", str(min(2, os.cpu_count() or 1)))
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"

@@ -133,6 +133,7 @@ def test_the_released_text_is_composed_where_implemented(task, caplog):
     ("task.options.format=template", "task.options.format=template (released: released"),
     ("method.cap=null", "method.cap=null"),
     ("method.exempt_special=true", "method.exempt_special=true"),
+    ("method.protect_answer=true", "method.protect_answer=true"),
     ("method.tr.threshold=otsu", "method.tr.threshold=otsu"),
 ])
 def test_a_key_that_breaks_faithfulness_is_named(override, named, caplog):

@@ -93,7 +93,8 @@ def test_stm_masks_high_base_perplexity_and_exempts_eos():
     scores = {"nll": [np.log(np.array([9.0, 2.0, 2.5, 3.0, 10.0]))]}
     keeps, _, stats = masking.mask(rows, scores, _method(name="stm"), 0, frozenset({2}))
     assert keeps[0].tolist() == [False, True, True, False, True]
-    assert stats["rule"] == {"threshold": 2.5, "direction": "mask_higher", "flagged": 1, "exempted_structural": 1}
+    assert stats["rule"] == {"threshold": 2.5, "direction": "mask_higher", "flagged": 1, "exempted_structural": 1,
+                              "exempted_protected": 0}
     lower, _, _ = masking.mask(rows, scores, _method(name="stm", stm=STMConfig(2.5, "mask_lower")), 0, frozenset({2}))
     assert lower[0].tolist() == [False, False, False, True, True]
 

@@ -39,7 +39,7 @@ def _record(tmp, name):
 def _comparable(record: dict) -> dict:
     """The record without what legitimately differs between two launches: timings, where files went (paths and
     the command line naming them), the commit checked out at each launch, the step the run resumed from and the
-    training throughput (this process's steps and wall time)."""
+    training throughput (this process's steps and wall time), the thread policy's record."""
     out = json.loads(json.dumps(record))
     out.pop("timings")
     out["config"].pop("paths")
@@ -47,6 +47,7 @@ def _comparable(record: dict) -> dict:
     out["provenance"].pop("git")
     out["training"].pop("resumed_from_step")
     out["training"].pop("throughput")
+    out.pop("threads", None)  # the thread policy's reading of the machine's load at each launch (xtf.threads)
     return out
 
 

@@ -56,3 +56,110 @@ def test_a_score_only_summary_says_so_and_shows_detection_but_no_accuracy(tmp_pa
     assert "finds 40 noise tokens of 500 with precision 0.800, recall 0.600, F1 0.686" in text
     assert "noise annotations" not in "\n".join(summary_lines(OFFLINE, tmp_path))
     assert "accuracy on test: 0.500" in "\n".join(summary_lines({**OFFLINE, "detection": detection}, tmp_path))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Paired differences to a baseline (`python -m xtf.summary <folder> --baseline normal`, what `make run` prints)
+
+def _fake_run(folder, method, seed, nll, correct, ids=None, tokens=None, per_question_nll=True):
+    """A complete run folder: results.json and predictions.jsonl as xtf.evaluate writes them (exact match)."""
+    ids = ids or [f"q{i}" for i in range(len(nll))]
+    tokens = tokens or [10 + i % 7 for i in range(len(nll))]
+    run_id = f"m-gsm8k-{method}-s{seed}-{len(ids)}"
+    (folder / run_id).mkdir(parents=True)
+    rows = [{"id": q, "gold": "1", "correct_strict": bool(c), "correct_flexible": True}
+            | ({"answer_nll": v, "answer_tokens": t} if per_question_nll else {})
+            for q, v, c, t in zip(ids, nll, correct, tokens)]
+    (folder / run_id / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    metrics = {"accuracy": sum(map(bool, correct)) / len(ids), "n_eval": len(ids),
+               "answer_nll": sum(v * t for v, t in zip(nll, tokens)) / sum(tokens), "answer_nll_tokens": sum(tokens)}
+    record = {"status": "complete", "run_id": run_id, "model": "m", "task": "gsm8k", "train": "lora",
+              "method": method, "seed": seed, "metrics": metrics,
+              "eval_protocol": {"name": "greedy_exact_match", "extractors": ["strict", "flexible"]}}
+    (folder / run_id / "results.json").write_text(json.dumps(record))
+    return record
+
+
+NLL = [1.0 + 0.1 * (i % 9) for i in range(40)]
+
+
+def test_paired_lines_answer_with_a_ci_and_say_whether_it_excludes_zero(tmp_path):
+    normal = _fake_run(tmp_path, "normal", 0, NLL, [0] * 40)
+    xtf = _fake_run(tmp_path, "xtf", 0, [v - 0.05 for v in NLL], [1] + [0] * 39)
+    lines = compare_lines(tmp_path, baseline="normal")
+    at = lines.index("paired differences to normal on the same evaluated questions (xtf.paired):")
+    assert lines[at + 1] == ("xtf − normal (m, gsm8k, lora, seed 0): paired bootstrap over 40 questions, 10,000 "
+                             "resamples, seed 0")
+    diff = xtf["metrics"]["answer_nll"] - normal["metrics"]["answer_nll"]   # the two printed numbers' difference
+    assert lines[at + 2] == (f"  answer NLL: {diff:+.4f} nats/token, 95% CI [-0.0500, -0.0500]; the 95% CI excludes "
+                             f"0: xtf is lower than normal (better)")
+    assert lines[at + 3] == ("  accuracy: +0.0250, 95% CI [+0.0000, +0.0750]; the 95% CI includes 0: no difference "
+                             "between xtf and normal is detectable at this n")   # 1 of 40 against 0 of 40
+    assert "paired differences" not in "\n".join(compare_lines(tmp_path))   # only with a baseline
+
+
+def test_paired_accuracy_says_why_not_at_the_floor_and_pairing_refuses_other_questions(tmp_path):
+    _fake_run(tmp_path / "floor", "normal", 0, NLL, [0] * 40)
+    _fake_run(tmp_path / "floor", "xtf", 0, NLL[::-1], [0] * 40)
+    text = "\n".join(compare_lines(tmp_path / "floor", baseline="normal"))
+    assert "  accuracy: not shown: neither run answered any of the 40 questions correctly" in text
+    assert "the 95% CI includes 0: no difference between xtf and normal" in text   # same values, other order
+    _fake_run(tmp_path / "other", "normal", 0, NLL, [1] * 40)
+    _fake_run(tmp_path / "other", "xtf", 0, NLL, [1] * 40, ids=[f"x{i}" for i in range(40)])
+    text = "\n".join(compare_lines(tmp_path / "other", baseline="normal"))
+    assert "  answer NLL: not paired: cannot pair xtf with normal: their question ids differ (40 vs 40 questions; " \
+           "only in xtf: 40 ['x0', 'x1', 'x10']" in text
+    assert "  accuracy: not paired: cannot pair xtf with normal" in text
+
+
+def test_paired_lines_over_seeds_and_without_per_question_values(tmp_path):
+    for seed in (0, 1):
+        _fake_run(tmp_path, "normal", seed, NLL, [1, 0] * 20)
+        _fake_run(tmp_path, "xtf", seed, [v + 0.1 for v in NLL], [1, 1] * 20)
+    text = "\n".join(compare_lines(tmp_path, baseline="normal"))
+    assert ("xtf − normal (m, gsm8k, lora, seeds 0, 1): paired bootstrap over 80 (seed, question) pairs of 2 seeds, "
+            "questions resampled within each seed, 10,000 resamples, seed 0") in text
+    assert "  answer NLL: +0.1000 nats/token, 95% CI [+0.1000, +0.1000]; the 95% CI excludes 0: xtf is higher than " \
+           "normal (worse)" in text
+    assert "  accuracy: +0.5000, 95% CI [+0.3" in text and "xtf is higher than normal (better)" in text
+    old = _fake_run(tmp_path / "old", "normal", 0, NLL, [1] * 40, per_question_nll=False)
+    _fake_run(tmp_path / "old", "xtf", 0, NLL, [1] * 40)
+    text = "\n".join(compare_lines(tmp_path / "old", baseline="normal"))
+    assert f"  answer NLL: not recorded per question in the predictions.jsonl of {old['run_id']}" in text
+    assert "  accuracy: +0.0000" in text
+
+
+def test_summary_main_takes_a_baseline(tmp_path, capsys):
+    from xtf.summary import main
+
+    _fake_run(tmp_path, "normal", 0, NLL, [0] * 40)
+    _fake_run(tmp_path, "xtf", 0, NLL, [0] * 40)
+    main([str(tmp_path), "--baseline", "normal"])
+    assert "xtf − normal (m, gsm8k, lora, seed 0): paired bootstrap" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main([str(tmp_path), "--baseline"])
+
+
+def test_question_values_take_the_protocols_primary_correctness_and_refuse_a_mismatch(tmp_path):
+    from xtf.summary import question_values
+
+    record = _fake_run(tmp_path, "normal", 0, NLL[:20], [1] * 5 + [0] * 15)
+    folder = tmp_path / record["run_id"]
+    assert sum(v for v, _ in question_values(folder, record)["correct"].values()) == 5   # correct_strict
+    lm_eval = {**record, "eval_protocol": {"name": "lm_eval", "primary": "accuracy_flexible"}}
+    assert "correct" not in question_values(folder, lm_eval)   # every correct_flexible is true: mean 1 ≠ accuracy 0.25
+    assert question_values(folder, {**lm_eval, "metrics": {"accuracy": 1.0}})["correct"]["q0"] == (1.0, 1.0)
+    assert question_values(folder, record)["answer_nll"]["q1"] == (NLL[1], 11)
+    assert question_values(tmp_path / "absent", record) == {}
+
+
+def test_paired_lines_say_what_cannot_be_paired_in_a_folder(tmp_path):
+    _fake_run(tmp_path, "normal", 0, NLL, [1] * 40)
+    text = "\n".join(compare_lines(tmp_path, baseline="normal"))
+    assert "  m, gsm8k, lora: only normal runs, nothing to compare with them" in text
+    assert "  m, gsm8k, lora: no dft run to compare with" in "\n".join(compare_lines(tmp_path, baseline="dft"))
+    _fake_run(tmp_path, "xtf", 0, NLL, [1] * 40)
+    _fake_run(tmp_path, "xtf", 0, NLL[:30], [1] * 30)   # the same method and seed with other settings
+    text = "\n".join(compare_lines(tmp_path, baseline="normal"))
+    assert "  not paired: m, gsm8k, lora, xtf seed 0 has 2 runs in" in text and "ambiguous" in text
+    assert "answer NLL: not paired: cannot pair xtf with normal: no seed in common" in text

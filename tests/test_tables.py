@@ -9,7 +9,8 @@ from conftest import ROOT
 
 from xtf.experiment import SpecError, expand, load_experiment, spec_files
 from xtf.results import run_dir
-from xtf.tables import build, metric, paper_values_for, tex_escape, to_latex, to_markdown, write_tables
+from xtf.table_render import tex_escape
+from xtf.tables import build, metric, paper_values_for, to_latex, to_markdown, write_tables
 
 SPEC = """
 name: demo
@@ -156,6 +157,8 @@ def _bad(tmp_path, text, name="demo"):
     (("model=tiny,", "model=tiny, seed=3,"), "base: 'seed=' is set by the spec"),
     (("paper: demo", "paper: demo\nplot: {{kind: bar, hue: [method, lr]}}"), "bar takes at most one hue coordinate"),
     (("paper: demo", "paper: demo\nplot: {{kind: bar, x: method, hue: method}}"), "a coordinate is placed twice"),
+    (("paper: demo", "paper: demo\n  baseline: Base"), "table.baseline: 'Base' is not a label of the row coordinate "
+                                                    "'method'; allowed: ['Normal', 'XTF', 'TC_10%']"),
 ])
 def test_spec_errors_name_file_key_and_choices(tmp_path, change, expected):
     assert expected in _bad(tmp_path, SPEC.replace(*change))
@@ -243,3 +246,97 @@ def test_online_kept_fraction_is_the_one_chosen_in_training_and_says_so(tmp_path
 ])
 def test_mean_spec_errors(tmp_path, mean, expected):
     assert expected in _bad(tmp_path, SPEC.replace("paper: demo", f"paper: demo\n  mean: {mean}"))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# table.baseline: each row's paired difference to the baseline row, with its 95 % paired bootstrap CI (xtf.table_ci)
+
+BASELINE_SPEC = SPEC.replace("paper: demo", "baseline: Normal").replace(
+    "kept: {{path: mask.kept_fraction, best: none}}",
+    "answer NLL: {{path: metrics.answer_nll, best: min, scale: 1, digits: 3}}\n"
+    "    kept: {{path: mask.kept_fraction, best: none}}")
+QUESTIONS = [f"q{i}" for i in range(30)]
+NORMAL = {"correct": [i % 3 == 0 for i in range(30)], "nll": [1 + 0.01 * i for i in range(30)]}   # 10 of 30
+XTF = {"correct": [i % 3 == 0 or i % 5 == 1 for i in range(30)],                                  # 14 of 30
+       "nll": [1 + 0.01 * i - 0.1 for i in range(30)]}
+NONE_RIGHT = {"correct": [False] * 30, "nll": NORMAL["nll"]}
+PAIRED_RUNS = {  # cell label -> (seeds complete, per-question values, question ids)
+    "Normal / 0.001": ((0, 1), NORMAL, QUESTIONS), "XTF / 0.001": ((0, 1), XTF, QUESTIONS),
+    "TC_10% / 0.001": ((0, 1), XTF, [f"x{i}" for i in range(30)]),        # other questions: never paired
+    "Normal / 0.002": ((0, 1), NONE_RIGHT, QUESTIONS), "XTF / 0.002": ((1,), XTF, QUESTIONS),
+    "TC_10% / 0.002": ((0, 1), NONE_RIGHT, QUESTIONS)}                     # 0 right on both sides: no accuracy Δ
+
+
+def _write_paired_records(spec):
+    """Complete runs with predictions.jsonl as xtf.evaluate writes them (per-question correctness and answer NLL)."""
+    from xtf.experiment import composer
+
+    with composer() as compose:
+        for label, seed, overrides in expand(spec):
+            seeds, values, ids = PAIRED_RUNS[label]
+            if seed not in seeds:
+                continue
+            folder = run_dir(compose(overrides))
+            folder.mkdir(parents=True)
+            rows = [{"id": q, "correct_strict": c, "answer_nll": v, "answer_tokens": 10}
+                    for q, c, v in zip(ids, values["correct"], values["nll"])]
+            (folder / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+            (folder / "results.json").write_text(json.dumps({
+                "status": "complete", "run_id": folder.name, "seed": seed, "mask": {"kept_fraction": 0.5},
+                "eval_protocol": {"extractors": ["strict"]},
+                "metrics": {"accuracy": sum(values["correct"]) / 30, "answer_nll": sum(values["nll"]) / 30}}))
+
+
+def test_a_baseline_adds_paired_differences_with_their_ci_in_markdown_latex_and_the_plot(tmp_path, capsys):
+    spec = _spec(tmp_path, BASELINE_SPEC)
+    _write_paired_records(spec)
+    out = tmp_path / "tables"
+    write_tables(spec, out)
+    md = (out / "demo.md").read_text()
+    assert ("| method | 0.001 / accuracy | 0.001 / Δ accuracy vs Normal [95% CI] | 0.001 / answer NLL | 0.001 / Δ "
+            "answer NLL vs Normal [95% CI] | 0.001 / kept | 0.002 / accuracy |") in md   # no Δ for kept (no record)
+    cells = _row(md, "XTF").split(" | ")
+    assert cells[1] == "**46.7 ± 0.0**" and cells[2].startswith("+13.3 [+") and "(n=" not in cells[2]
+    assert cells[4] == "-0.100 [-0.100, -0.100]"           # every question 0.1 nats/token lower: a zero-width CI
+    assert cells[9] == "-0.100 [-0.100, -0.100] (n=1)"     # XTF at 0.002: one seed pairs
+    assert _row(md, "Normal").split(" | ")[2] == "(baseline)"
+    tc = _row(md, "TC_10%").split(" | ")
+    assert tc[2] == tc[4] == "not paired" and tc[7] == "n/a" and tc[9] == "+0.000 [+0.000, +0.000]"
+    assert "95 % paired bootstrap CI over questions × seeds" in md and "10,000 resamples, seed 0" in md
+    assert "their question ids differ" in capsys.readouterr().err
+    tex = (out / "demo.tex").read_text()
+    assert r"$\Delta$ accuracy vs Normal [95\% CI]" in tex and "& -0.100 [-0.100, -0.100] &" in tex
+    assert "(baseline)" in tex and "% Δ … vs Normal [95% CI]: row − the Normal row" in tex
+    assert (out / "demo_paired.png").stat().st_size > 0
+
+
+def test_the_paired_figure_draws_the_ci_as_error_bars_labelled_as_such(tmp_path):
+    from xtf.plots import CI_LABEL, paired_figure
+    from xtf.table_ci import question_loader
+
+    spec = _spec(tmp_path, BASELINE_SPEC)
+    _write_paired_records(spec)
+    from xtf.experiment import collect
+
+    fig = paired_figure(spec, build(spec, collect(spec), None, question_loader(spec)))
+    assert "error bars: 95 % paired bootstrap CI (questions × seeds), not the seed std" in fig._suptitle.get_text()
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == [f"difference, {CI_LABEL}"]
+    xtf_panel = fig.axes[0]   # 0.001 / Δ accuracy: XTF's point and CI; TC_10%'s "not paired" written at 0
+    (line,) = [c for c in xtf_panel.collections if c.get_segments()]
+    (lo, _), (hi, _) = line.get_segments()[0]
+    assert lo < 13.3 < hi
+    assert "not paired" in [t.get_text() for t in xtf_panel.texts]
+
+
+def test_without_per_question_records_a_difference_is_missing_never_zero(tmp_path):
+    spec = _spec(tmp_path, BASELINE_SPEC)
+    records = {"Normal / 0.001": [{"seed": 0, "metrics": {"accuracy": 0.5}}],
+               "XTF / 0.001": [{"seed": 0, "metrics": {"accuracy": 0.7}}]}
+    md = to_markdown(build(spec, records, None))   # no question loader: nothing to pair
+    assert _row(md, "XTF").split(" | ")[2] == "—" and _row(md, "Normal").split(" | ")[2] == "(baseline)"
+
+
+def test_committed_comparisons_name_their_baseline_row():
+    for name, baseline in [("all_methods", "Normal"), ("noise_benchmark", "normal"),
+                           ("noise_benchmark_real", "normal")]:
+        assert load_experiment(ROOT / "experiments" / f"{name}.yaml")["table"]["baseline"] == baseline

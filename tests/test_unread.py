@@ -118,5 +118,13 @@ def test_an_experiments_cells_own_overrides_are_read():
         for path in spec_files():
             spec = load_experiment(path)
             for own in spec["cells"].values():
+                if not any("." in o.partition("=")[0] for o in own):
+                    continue  # group choices only (method=tc): nothing a run could leave unread
                 run = make([*spec["base"], *own, f"seed={spec['seeds'][0]}"])
                 check_overrides_read(run, own)
+
+
+def test_the_answer_protection_switch_is_read_by_every_method():
+    for method in ("xtf", "tc", "stm", "random", "normal"):
+        overrides = [f"method={method}", "method.protect_answer=false"]
+        check_overrides_read(validate(compose(overrides)), overrides)

@@ -18,6 +18,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from xtf import threads
 from xtf.config import register_schema
 from xtf.overrides import CONF, exit_on_bad_overrides
 
@@ -41,6 +42,7 @@ def _run(cfg: DictConfig) -> None:
             raise ConfigError("hydra.sweeper.experiment_file runs an experiment's grid: add -m (or: make sweep EXP=)")
         run_cfg = validate(cfg)
         check_overrides_read(run_cfg, list(HydraConfig.get().overrides.task), sys.argv[1:])  # model=tiny model.path=
+        threads.apply()  # torch's CPU threads for this run, from the cores other jobs leave free (recorded)
         run(run_cfg)
     except BaseException as e:
         if not multirun:  # its Hydra folder (outputs/hydra/<date>/<time>) is noise; XTF_KEEP_FAILED_OUTPUTS=1 keeps it
@@ -56,6 +58,7 @@ def main() -> None:
     if not (CONF / "config.yaml").is_file():
         sys.exit(f"xtf: the configs are not at {CONF}: install xtf from its checkout with `pip install -e .` "
                  f"(make install), so that conf/ stays beside the package")
+    threads.prepare_environment()  # before torch is loaded: OpenMP threads sleep when they wait (xtf.threads)
     register_schema()  # every schema key with its default, so any key can be overridden on the command line
     exit_on_bad_overrides()  # a typo gets the project's message (key, close matches), not Hydra's "use +key"
     hydra.main(version_base="1.3", config_path=str(CONF), config_name="config")(_run)()

@@ -156,6 +156,11 @@ class MethodConfig:
                                        # of XTF_script.py ("script": .1/.1/.1) or main.py/README ("main":
                                        # .05/.1/.05); None: no cap (the paper)
     exempt_special: bool = True        # special tokens (EOS, end-of-turn, ...) are never noise for any attribute
+    # The task's answer format (xtf.tasks.common protected spans: GSM8K's "#### N" line, MedQA's letter, PubMedQA's
+    # closing sentence, the EOS) is never masked by any token-level method. A method key, as exempt_special: the
+    # rows and scores are the same either way, only what a method may mask changes. Added after runs existed: in
+    # the run id only when false (xtf_official: the released code has no such protection).
+    protect_answer: bool = field(default=True, metadata=ID_OMIT_DEFAULT)
     # "released" (conf/method/xtf_official.yaml): the run claims the released XTF code's protocol; validate checks
     # every key the released scripts fix (xtf.official.RELEASED) and warns naming each that differs; the summary
     # says whether the run is the released computation. Added after runs existed: in the run id only when set.

@@ -12,6 +12,10 @@ ALIGNMENT CONVENTION (the one place it is written down; scores, masks and labels
         input_ids      bos   Q:    2+2?   ␣4    eos
         response_mask  0     0     0      1     1
 
+PROTECTED TOKENS (`protected`, optional, aligned like response_mask; absent when none): answer tokens in a span the
+task declares its answer format (`protected_spans(example)`, xtf.tasks.common: GSM8K's "#### N" line, the EOS, ...);
+xtf.masking exempts them from every method under method.protect_answer. Chat examples (task=sft) have none.
+
 TRUNCATION POLICY (`data.max_len`, `data.truncation`): an example longer than max_len is either cut at
 max_len, which removes the *tail of the answer* and keeps the whole prompt ("right"), or dropped ("drop").
 An example whose prompt alone fills max_len has no answer token left and is dropped. Both are counted in
@@ -25,6 +29,7 @@ import json
 import logging
 import random
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Optional
 
@@ -37,7 +42,8 @@ from xtf.tasks.common import DataError, TaskData, sha256_examples
 
 log = logging.getLogger(__name__)
 
-TOKENIZE_VERSION = 2  # bump when tokenize() changes its output for the same inputs
+TOKENIZE_VERSION = 3  # bump when tokenize() changes its output for the same inputs (3: rows get `protected`)
+ProtectRule = Optional[Callable[[dict], list]]
 
 
 def carve_dev(train: list[dict], dev_size: int, split_seed: int = 0) -> tuple[list[dict], list[dict]]:
@@ -262,13 +268,26 @@ def span_labels(tokenizer, response: str, spans: list, n_tokens: int) -> dict[st
     return {k: v.tolist() for k, v in overlap_labels(enc["offset_mapping"], spans, kinds).items()}
 
 
-def tokenize(tokenizer, examples: list[dict], max_len: int, truncation: str,
-             chat_template: bool, locations: Optional[dict] = None) -> tuple[list[dict], dict]:
+def protected_flags(tokenizer, response: str, spans: list, n_answer: int) -> list[bool]:
+    """Per answer token (the response's, then the appended EOS if any): True where its text overlaps a protected span
+    [start, end); a token without text (the EOS: (L, L)) is in a span with start <= L <= end: (L, L) protects it."""
+    offsets = [(int(a), int(b)) for a, b in
+               tokenizer(response, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]]
+    offsets += [(len(response), len(response))] * (n_answer - len(offsets))  # the appended EOS
+    if len(offsets) != n_answer:
+        raise AssertionError("offset tokenisation differs from the training tokenisation")
+    return [any((s < end and e > start) or (s == e and start <= s <= end) for start, end in spans)
+            for s, e in offsets]
+
+
+def tokenize(tokenizer, examples: list[dict], max_len: int, truncation: str, chat_template: bool,
+             locations: Optional[dict] = None, protect: ProtectRule = None) -> tuple[list[dict], dict]:
     """Tokenise examples into rows {id, input_ids, response_mask[, truth]}; returns (rows, stats). See the module
     docstring for the alignment and truncation conventions. Examples with `noise_spans` (injected noise or a user's
     annotations: character offsets into `response`, or into an assistant turn's content for a chat example) get
     `truth`: {noise type: [bool]} aligned to input_ids. truncation="error": an example longer than max_len raises
-    DataError naming it (`locations`: example id → "file:line", from TaskData.locations)."""
+    DataError naming it (`locations`: example id → "file:line", from TaskData.locations). `protect`: the task's
+    protected_spans; rows with a protected answer token get `protected` (module docstring)."""
     rows, n_truncated, n_dropped, answer_tokens_cut = [], 0, 0, 0
     for ex in tqdm(examples, desc="tokenize", unit="ex", disable=len(examples) < 2000):
         truth = None
@@ -282,6 +301,9 @@ def tokenize(tokenizer, examples: list[dict], max_len: int, truncation: str,
             n_prompt = len(ids) - n_answer_full
             labels = span_labels(tokenizer, ex["response"], ex["noise_spans"], n_answer_full - 1)  # EOS excluded
             truth = {k: [False] * n_prompt + v + [False] for k, v in labels.items()}
+        spans = protect(ex) if protect is not None and "messages" not in ex else []
+        protected = [m and f for m, f in zip(mask, [False] * (len(ids) - n_answer_full) + protected_flags(
+            tokenizer, ex["response"], spans, n_answer_full))] if spans else None
         if len(ids) > max_len and truncation == "error":
             where = (locations or {}).get(ex["id"], f"example {ex['id']}")
             raise DataError(f"{where}: the example is {len(ids)} tokens long ({n_answer_full} of them answer), over "
@@ -298,6 +320,8 @@ def tokenize(tokenizer, examples: list[dict], max_len: int, truncation: str,
         row = {"id": ex["id"], "input_ids": ids, "response_mask": mask}
         if truth is not None:  # a type with no token left (none injected, or truncated away) is omitted
             row["truth"] = {k: v[: len(ids)] for k, v in truth.items() if any(v[: len(ids)])}
+        if protected is not None and any(protected[: len(ids)]):
+            row["protected"] = protected[: len(ids)]
         rows.append(row)
     stats = {
         "n_examples": len(examples),
@@ -306,6 +330,7 @@ def tokenize(tokenizer, examples: list[dict], max_len: int, truncation: str,
         "n_dropped_too_long": n_dropped,
         "answer_tokens_cut": answer_tokens_cut,
         "answer_tokens": int(sum(sum(r["response_mask"]) for r in rows)),
+        "protected_tokens": int(sum(sum(r.get("protected", ())) for r in rows)),
         "tokens": int(sum(len(r["input_ids"]) for r in rows)),
     }
     return rows, stats
@@ -319,16 +344,20 @@ def tokenizer_fingerprint(tokenizer) -> str:
 
 
 def tokenize_cached(tokenizer, examples: list[dict], max_len: int, truncation: str, chat_template: bool,
-                    cache_dir: str, split: str, locations: Optional[dict] = None) -> tuple[list[dict], dict]:
-    """`tokenize` behind the content-addressed cache (key: tokenizer, examples, max_len, policy, version)."""
+                    cache_dir: str, split: str, locations: Optional[dict] = None, protect: ProtectRule = None
+                    ) -> tuple[list[dict], dict]:
+    """`tokenize` behind the content-addressed cache (key: tokenizer, examples, max_len, policy, spans, version)."""
     spec = {
         "version": TOKENIZE_VERSION, "tokenizer": tokenizer_fingerprint(tokenizer), "split": split,
         "examples": sha256_examples(examples), "max_len": max_len, "truncation": truncation,
         "chat_template": chat_template,
+        # the spans themselves (a regex pass over the responses): a changed rule is a new key, no version to bump
+        "protected": None if protect is None else cache.key_of(
+            {"spans": [[] if "messages" in ex else protect(ex) for ex in examples]}),
     }
 
     def build(tmp: Path) -> None:
-        rows, stats = tokenize(tokenizer, examples, max_len, truncation, chat_template, locations)
+        rows, stats = tokenize(tokenizer, examples, max_len, truncation, chat_template, locations, protect)
         lengths = np.array([len(r["input_ids"]) for r in rows], dtype=np.int64)
         ids = np.array([t for r in rows for t in r["input_ids"]], dtype=np.int64)
         mask = np.array([m for r in rows for m in r["response_mask"]], dtype=bool)
@@ -336,10 +365,12 @@ def tokenize_cached(tokenizer, examples: list[dict], max_len: int, truncation: s
         kinds = sorted({k for r in rows for k in r.get("truth", {})})
         truth = {f"truth__{k}": np.array([f for r in rows for f in r.get("truth", {}).get(k, [False] * len(
             r["input_ids"]))], dtype=bool) for k in kinds}
-        np.savez(tmp / "tokens.npz", lengths=lengths, input_ids=ids, response_mask=mask, **truth)
+        protected = np.array([f for r in rows for f in r.get("protected", [False] * len(r["input_ids"]))], dtype=bool)
+        np.savez(tmp / "tokens.npz", lengths=lengths, input_ids=ids, response_mask=mask, protected=protected, **truth)
         has_truth = [int("truth" in r) for r in rows]
         (tmp / "meta.json").write_text(json.dumps({"ids": [r["id"] for r in rows], "stats": stats,
-                                                  "truth_kinds": kinds, "has_truth": has_truth}))
+                                                  "truth_kinds": kinds, "has_truth": has_truth,
+                                                  "has_protected": [int("protected" in r) for r in rows]}))
 
     folder = cache.cached_dir(cache_dir, "tokenized", spec, build)
     with np.load(folder / "tokens.npz") as npz:  # each array read once (NpzFile re-reads it on every access)
@@ -363,5 +394,7 @@ def tokenize_cached(tokenizer, examples: list[dict], max_len: int, truncation: s
         if meta["has_truth"][i]:
             row["truth"] = {k: arrays[f"truth__{k}"][a:b].tolist() for k in meta["truth_kinds"]
                             if arrays[f"truth__{k}"][a:b].any()}
+        if meta["has_protected"][i]:
+            row["protected"] = arrays["protected"][a:b].tolist()
         rows.append(row)
     return rows, {**meta["stats"], "cache_key": folder.name}

@@ -254,8 +254,10 @@ def _evaluate(model, tokenizer, task_module, examples: list[dict], cfg, work_dir
         metrics, predictions, protocol = evaluate_exact_match(model, tokenizer, task_module, examples, cfg.eval,
                                                               cfg.model.chat_template)
     if (cfg.eval.answer_nll or kind == "answer_nll") and all(e.get("response") for e in examples):
-        metrics.update(answer_nll(model, tokenizer, examples, cfg.model.chat_template, cfg.data.max_len,
-                                  cfg.eval.batch_size))
+        nll_metrics, per_question = answer_nll(model, tokenizer, examples, cfg.model.chat_template,
+                                               cfg.data.max_len, cfg.eval.batch_size)
+        metrics.update(nll_metrics)
+        predictions = with_answer_nll(predictions, per_question)  # paired differences (xtf.paired) pair these
         protocol["answer_nll"] = {"what": "mean NLL (nats per token) of the reference answers, teacher-forced, "
                                           "every answer token incl. EOS; lower is better",
                                   "max_len": cfg.data.max_len, "version": ANSWER_NLL_VERSION}
@@ -267,13 +269,15 @@ ANSWER_NLL_VERSION = 1
 
 
 def answer_nll(model, tokenizer, examples: list[dict], chat_template: bool, max_len: int,
-               batch_size: int) -> dict:
+               batch_size: int) -> tuple[dict, dict]:
     """A continuous quality measure beside accuracy: the model's mean NLL of the *reference* answers of the
     evaluated examples (teacher-forced, tokenised exactly like training rows; lower is better).
 
     Accuracy of a small model on GSM8K moves in steps of 1/n and sits near 0, so it cannot separate methods;
     this moves with every token. Token-weighted mean over all answer tokens (EOS included) of all examples;
-    `answer_nll_per_example` is the mean of per-example means (each example weighs the same)."""
+    `answer_nll_per_example` is the mean of per-example means (each example weighs the same).
+    Returns (metrics, {example id: (its mean NLL in nats/token, its answer tokens)}); an example whose answer
+    truncation removed entirely has no entry."""
     from xtf.data import tokenize
     from xtf.scoring import forward_scores
 
@@ -282,13 +286,23 @@ def answer_nll(model, tokenizer, examples: list[dict], chat_template: bool, max_
     rows, _ = tokenize(tokenizer, examples, max_len, "right", chat_template)
     nll = forward_scores(model, rows, tokenizer.pad_token_id, batch_size, None, desc="answer NLL")["nll"]
     model.train(was_training)
-    per_example, total, count = [], 0.0, 0
+    per_example, by_id, total, count = [], {}, 0.0, 0
     for row, values in zip(rows, nll):
         answer = [v for v, m in zip(values.tolist(), row["response_mask"]) if m]
         if answer:
             per_example.append(sum(answer) / len(answer))
+            by_id[row["id"]] = (per_example[-1], len(answer))
             total += sum(answer)
             count += len(answer)
     return {"answer_nll": total / max(count, 1),
             "answer_nll_per_example": sum(per_example) / max(len(per_example), 1),
-            "answer_nll_tokens": count}
+            "answer_nll_tokens": count}, by_id
+
+
+def with_answer_nll(predictions: list[dict], per_question: dict) -> list[dict]:
+    """Each prediction row with its question's `answer_nll` (nats/token) and `answer_tokens` (matched by id); a
+    question without a prediction row (your own data, task=sft, predicts nothing else) gets a row of its own."""
+    values = {str(k): {"answer_nll": nll, "answer_tokens": n} for k, (nll, n) in per_question.items()}
+    predicted = {str(p["id"]) for p in predictions}
+    return ([{**p, **values.get(str(p["id"]), {})} for p in predictions]
+            + [{"id": k, **values[str(k)]} for k in per_question if str(k) not in predicted])

@@ -5,7 +5,8 @@
 Reads two files that the pipeline writes into the run dir:
 
 - `token_samples.jsonl`, one line per sample shown: {id, tokens (decoded text per token, aligned to input_ids),
-  response_mask, keep, scores: {attr: [float|null]}, noisy: {attr: [0|1]}, truth (optional): {type: [0|1]}}.
+  response_mask, keep, scores: {attr: [float|null]}, noisy: {attr: [0|1]}, truth (optional): {type: [0|1]},
+  protected (optional, under method.protect_answer): [0|1], the task's answer format that no method masks}.
   Only the attributes the method computed are present (none for `normal`).
 - `score_summary.json`: {method, run_id, task, model, kept_fraction, attributes: {attr: {label, direction
   ("below"|"above"|"interval"), threshold, thresholds, interval, histogram: {counts, edges}, noisy_fraction,
@@ -14,8 +15,9 @@ Reads two files that the pipeline writes into the run dir:
 The page is self-contained (no external CSS, JS or fonts). Each answer token is a <span> coloured by one
 attribute's score (a radio control switches attributes; without JS the first attribute colours), masked tokens
 are struck through and underlined in red, and the hover title gives every score, the reason for the mask and the
-injected-noise label when the synthetic task provides one. Colour = score decile among the answer tokens on the
-page, oriented so that the warm end is the side where the attribute calls a token noise.
+injected-noise label when the synthetic task provides one; protected tokens (the answer format) are outlined in
+green. Colour = score decile among the answer tokens on the page, oriented so that the warm end is the side where
+the attribute calls a token noise.
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ details.prompt{margin-bottom:6px}details.prompt summary{font-size:12px;color:#88
 .p{color:#9e9e9e;font-size:11px}.a{border-radius:2px;box-shadow:inset -1px 0 0 #fff}
 .m{text-decoration:line-through;text-decoration-color:#333;
 box-shadow:inset 0 -2px 0 #d32f2f,inset -1px 0 0 #fff;opacity:.85}
-body.show-truth .gt{outline:1px dashed #6a1b9a;outline-offset:-1px}
+body.show-truth .gt{outline:1px dashed #6a1b9a;outline-offset:-1px}.pr{outline:2px solid #2e7d32;outline-offset:-2px}
 .nl::before{content:"\\21b5";color:#b0b0b0;font-size:10px}
 """
 
@@ -89,7 +91,8 @@ def load_run(run_dir: Path) -> tuple[dict, list[dict]]:
                 continue
             s = json.loads(line)
             n = len(s["tokens"])
-            lists = {"response_mask": s["response_mask"], "keep": s["keep"]}
+            lists = {"response_mask": s["response_mask"], "keep": s["keep"], **(
+                {"protected": s["protected"]} if "protected" in s else {})}
             for group in ("scores", "noisy", "truth"):
                 lists.update({f"{group}.{k}": v for k, v in (s.get(group) or {}).items()})
             for name, v in lists.items():
@@ -186,6 +189,9 @@ def _token_span(s: dict, t: int, attrs: list[str], labels: dict, bins: dict) -> 
         lines.append(f"{labels[a]}: {_fmt(v)}{flag}")
     flagged = [labels[a] for a in attrs if noisy.get(a) and noisy[a][t]]
     cls = ["a"] + [f"c-{_slug(a)}-{_bin(scores.get(a, [None] * len(s['tokens']))[t], *bins[a])}" for a in attrs]
+    if (s.get("protected") or [0] * len(s["tokens"]))[t]:
+        cls.append("pr")
+        lines.append("protected: the task's answer format, never masked (method.protect_answer)")
     if s["keep"][t]:
         lines.append("kept" + (f" (flagged by {', '.join(flagged)} but kept)" if flagged else ""))
     else:
@@ -319,6 +325,8 @@ def write_inputs(run_dir: Path, rows: list[dict], tokenizer, keeps: list, noisy:
             "noisy": {a: np.asarray(noisy[a][i]).astype(int).tolist() for a in attrs},
             **({"truth": {k: np.asarray(v).astype(int).tolist() for k, v in row["truth"].items()}}
                if "truth" in row else {}),
+            **({"protected": np.asarray(row["protected"]).astype(int).tolist()}
+               if "protected" in row and "protected_tokens" in mask_stats else {}),  # the switch was on
         }))
     atomic_write_text(Path(run_dir) / "token_samples.jsonl", "\n".join(lines) + "\n")
     rule = mask_stats.get("rule", {})
@@ -423,7 +431,10 @@ def _write_report(run_dir: Path, out: Path) -> None:
             '<span class="text"><span class="a m" style="background:#f9c9b0">masked</span></span>'
             '<span class="text"><span class="p">prompt</span></span>'
             + ('<span class="text"><span class="a gt" style="outline:1px dashed #6a1b9a">injected noise</span></span>'
-               if has_truth else "") + "<span>hover a token for its scores and the reason</span></div>")
+               if has_truth else "")
+            + ('<span class="text"><span class="a pr">protected (answer format)</span></span>'
+               if any(any(s.get("protected") or ()) for s in samples) else "")
+            + "<span>hover a token for its scores and the reason</span></div>")
     if not attrs:
         keys += "<p>This method computes no token attributes: every answer token is shown as the method kept it.</p>"
 

@@ -26,7 +26,15 @@ import torch.nn.functional as F
 
 IGNORE = -100
 LOSS_IMPLS = ("chunked", "kept", "full")
-CHUNK_ROWS = 1024  # positions projected onto the vocabulary at once: [1024, V] float32 = 0.5 GB at V = 128k
+CHUNK_ROWS = 1024  # at most this many positions projected onto the vocabulary at once
+# ... and at most this many logits: a chunk's [n, V] float32 logits and their softmax gradient, 64 MiB each, whatever
+# V (1024 rows were 2 x 200 MB at SmolLM2's V = 49k, 2 x 0.5 GB at V = 128k, on top of the saved activations).
+LOGITS_BUDGET = 2 ** 24
+
+
+def chunk_rows(vocab: int) -> int:
+    """Positions per chunk for a vocabulary of `vocab`: CHUNK_ROWS, fewer when their logits exceed LOGITS_BUDGET."""
+    return max(1, min(CHUNK_ROWS, LOGITS_BUDGET // max(1, vocab)))
 
 
 def predicting(labels: torch.Tensor) -> torch.Tensor:
@@ -93,15 +101,17 @@ class LinearCrossEntropy(torch.autograd.Function):
 
 
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, w: torch.Tensor,
-                         softcap: float | None = None, chunk: int = CHUNK_ROWS) -> torch.Tensor:
-    """Σ_i w_i · NLL_i over kept positions (see LinearCrossEntropy); a scalar with gradients to hidden and weight."""
-    return LinearCrossEntropy.apply(hidden, weight, targets, w.detach(), softcap, chunk)
+                         softcap: float | None = None, chunk: int | None = None) -> torch.Tensor:
+    """Σ_i w_i · NLL_i over kept positions (see LinearCrossEntropy); a scalar with gradients to hidden and weight.
+    `chunk`: positions per chunk (None: `chunk_rows` of the vocabulary)."""
+    return LinearCrossEntropy.apply(hidden, weight, targets, w.detach(), softcap, chunk or chunk_rows(weight.shape[0]))
 
 
 @torch.no_grad()
 def chunked_nll(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, softcap: float | None = None,
-                chunk: int = CHUNK_ROWS) -> torch.Tensor:
+                chunk: int | None = None) -> torch.Tensor:
     """[N] NLL of each target without gradients (an online method's selection signal), chunk by chunk."""
+    chunk = chunk or chunk_rows(weight.shape[0])
     out = [F.cross_entropy(_logits(hidden[s:s + chunk], weight, softcap), targets[s:s + chunk], reduction="none")
            for s in range(0, hidden.shape[0], chunk)]
     return torch.cat(out) if out else hidden.new_zeros(0, dtype=torch.float32)

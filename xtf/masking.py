@@ -9,6 +9,9 @@ token that is trained on. Prompt tokens and position 0 are never kept.
 `special` is the set of structural token ids (EOS, end-of-turn, other special tokens, `structural_ids`): with
 `method.exempt_special` (the default) no attribute ever flags one — a model that never gets a loss on EOS
 stops learning to stop. xtf_official sets it false: the released code has no such exemption.
+Protected tokens (a row's `protected`, xtf.data: the task's answer format, e.g. GSM8K's "#### N" line and the EOS)
+are exempt from every token-level method under `method.protect_answer` (the default): no attribute flags them, no
+ranking or random draw masks them. DF drops whole samples and is unaffected. xtf_official sets it false.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import numpy as np
 from xtf import online, rules
 
 log = logging.getLogger(__name__)
-MASK_VERSION = 4  # bump when any mask rule changes behaviour
+MASK_VERSION = 5  # bump when any mask rule changes behaviour (5: protected answer tokens)
 
 
 def structural_ids(tokenizer) -> frozenset[int]:
@@ -37,6 +40,14 @@ def structural_ids(tokenizer) -> frozenset[int]:
 def _structural(row: dict, special: frozenset[int]) -> np.ndarray:
     """(L,) bool aligned to input_ids: True at structural tokens."""
     return np.isin(np.asarray(row["input_ids"]), np.fromiter(special, dtype=np.int64, count=len(special)))
+
+
+def _protected(row: dict, method) -> np.ndarray:
+    """(L,) bool aligned to input_ids: the row's protected answer tokens under method.protect_answer; all False when
+    the switch is off (or there is no method) or the row has none."""
+    if "protected" not in row or not getattr(method, "protect_answer", False):
+        return np.zeros(len(row["input_ids"]), dtype=bool)
+    return np.asarray(row["protected"], dtype=bool)
 
 
 def _answer(row: dict) -> np.ndarray:
@@ -72,6 +83,7 @@ def xtf_noisy(rows, scores, method, special: frozenset[int] = frozenset()) -> tu
     answers = [_answer(r) for r in rows]
     exempt = ([_structural(r, special)[a] for r, a in zip(rows, answers)] if method.exempt_special and special
               else [np.zeros(int(a.sum()), dtype=bool) for a in answers])
+    protected = [_protected(r, method)[a] for r, a in zip(rows, answers)]
     if "ri" in method.attributes:
         masks, fences = [], []
         for a, ri in zip(answers, scores["ri"]):
@@ -113,9 +125,12 @@ def xtf_noisy(rows, scores, method, special: frozenset[int] = frozenset()) -> tu
         info["tr"] = otsu
     for name in noisy:
         before = sum(int(m.sum()) for m in noisy[name])
-        noisy[name] = _scatter(rows, [m & ~e for m, e in zip(noisy[name], exempt)])
+        unstructural = [m & ~e for m, e in zip(noisy[name], exempt)]
+        between = sum(int(m.sum()) for m in unstructural)
+        noisy[name] = _scatter(rows, [m & ~p for m, p in zip(unstructural, protected)])
         flagged = sum(int(m.sum()) for m in noisy[name])
-        info[name].update(flagged=flagged, exempted_structural=before - flagged, cap=caps.get(name))
+        info[name].update(flagged=flagged, exempted_structural=before - between, exempted_protected=between - flagged,
+                          cap=caps.get(name))
         if flagged == 0 and rows:
             log.warning("XTF attribute %s flags no answer token of %d rows (%s): it does nothing in this run",
                         name, len(rows), {k: v for k, v in info[name].items() if k in ("k", "scale", "threshold")})
@@ -132,8 +147,10 @@ def xtf(rows, scores, method, seed, special=frozenset()):
 def tc(rows, scores, method, seed, special=frozenset()):
     """Token Cleaning: score = base-model loss − reference-model loss per answer token (in float64, as TC's
     np.array(loss1) - np.array(loss2) of the stored float32 losses); keep the top `keep_ratio` (globally or per
-    sample, xtf.rules.top_k_keep). High score = the reference learned it from the data: informative."""
+    sample, xtf.rules.top_k_keep). High score = the reference learned it from the data: informative. Protected
+    tokens of a ranked row are kept whatever their rank (method.protect_answer)."""
     per_sample = [tc_scores(r, nll, ref) for r, nll, ref in zip(rows, scores["nll"], scores["ref_nll"])]
+    protected = [_protected(r, method)[_answer(r)] for r in rows]
     info = {"keep_ratio": method.keep_ratio, "scope": method.scope, "rounds": method.rounds,
             "evolve": method.evolve if method.rounds > 1 else None}
     if method.rounds > 1 and method.evolve == "chain":
@@ -147,10 +164,10 @@ def tc(rows, scores, method, seed, special=frozenset()):
             kept[i][:] = True
         for idx in parts[1:]:
             for i, k in zip(idx, rules.top_k_keep([per_sample[i] for i in idx], method.keep_ratio, method.scope)):
-                kept[i] = k
+                kept[i] = k | protected[i]
         info.update(warmup_rows=len(parts[0]), rows_outside_parts=len(outside))
     else:
-        kept = rules.top_k_keep(per_sample, method.keep_ratio, method.scope)
+        kept = [k | p for k, p in zip(rules.top_k_keep(per_sample, method.keep_ratio, method.scope), protected)]
     return _scatter(rows, kept), {}, info
 
 
@@ -161,7 +178,8 @@ def tc_scores(row: dict, nll, ref_nll) -> np.ndarray:
 
 def df(rows, scores, method, seed, special=frozenset()):
     """DF, sample-level filtering: drop the `drop_ratio` of samples with the highest mean answer-token loss
-    under the base model (the samples it finds most anomalous); keep every answer token of the others."""
+    under the base model (the samples it finds most anomalous); keep every answer token of the others. A dropped
+    sample is dropped whole, protected tokens too: DF judges samples, not tokens."""
     mean_loss = np.array([nll[_answer(r)].mean() for r, nll in zip(rows, scores["nll"])])
     keep_sample = rules.df_keep_samples(mean_loss, method.drop_ratio)
     keeps = [_answer(r) & keep for r, keep in zip(rows, keep_sample)]
@@ -170,23 +188,35 @@ def df(rows, scores, method, seed, special=frozenset()):
 
 def random_control(rows, scores, method, seed, special=frozenset()):
     """random: in each sample, mask as many answer tokens as `method.match` masks there (at random positions),
-    or a fixed `ratio`; seeded by the run seed. Separates denoising from "less data"."""
+    or a fixed `ratio` of the maskable ones; seeded by the run seed. Separates denoising from "less data". Drawn
+    among the answer tokens that are not protected (method.protect_answer)."""
     n_answer = [int(_answer(r).sum()) for r in rows]
+    maskable = [_answer(r) & ~_protected(r, method) for r in rows]
+    n_maskable = [int(m.sum()) for m in maskable]
     if method.match is not None:
         _, fn = METHODS[method.match]
         matched, _, _ = fn(rows, scores, method, seed, special)
-        n_mask = [a - int(k.sum()) for a, k in zip(n_answer, matched)]
-        kept = rules.random_matched(n_mask, n_answer, seed)
+        wanted = [a - int(k.sum()) for a, k in zip(n_answer, matched)]
+        n_mask = [min(w, n) for w, n in zip(wanted, n_maskable)]  # match=df drops protected tokens with a sample
+        drawn = rules.random_matched(n_mask, n_maskable, seed)
     else:
-        kept = rules.random_ratio(n_answer, method.ratio, seed)
-    return _scatter(rows, kept), {}, {"match": method.match, "ratio": method.ratio if method.match is None else None}
+        wanted = n_mask = []
+        drawn = rules.random_ratio(n_maskable, method.ratio, seed)
+    keeps = []
+    for r, m, d in zip(rows, maskable, drawn):
+        keep = _answer(r).copy()
+        keep[m] = d
+        keeps.append(keep)
+    return keeps, {}, {"match": method.match, "ratio": method.ratio if method.match is None else None,
+                       "protected_unmatched": sum(wanted) - sum(n_mask)}
 
 
 def stm(rows, scores, method, seed, special=frozenset()):
     """STM: mask the answer tokens whose base-model perplexity exp(nll) is above `method.stm.threshold`
     (direction mask_higher; mask_lower masks the complement, exp(nll) <= threshold). Per token: the perplexity of
-    one token is exp of its NLL. Structural tokens are exempt under method.exempt_special."""
-    keeps, flagged, exempted = [], 0, 0
+    one token is exp of its NLL. Structural tokens are exempt under method.exempt_special, protected ones under
+    method.protect_answer."""
+    keeps, flagged, exempted, protected = [], 0, 0, 0
     for r, nll in zip(rows, scores["nll"]):
         answer = _answer(r)
         above = np.exp(np.asarray(nll, dtype=np.float64)) > method.stm.threshold
@@ -194,10 +224,12 @@ def stm(rows, scores, method, seed, special=frozenset()):
         if method.exempt_special and special:
             exempted += int((noisy & _structural(r, special)).sum())
             noisy &= ~_structural(r, special)
+        protected += int((noisy & _protected(r, method)).sum())
+        noisy &= ~_protected(r, method)
         flagged += int(noisy.sum())
         keeps.append(answer & ~noisy)
     return keeps, {}, {"threshold": method.stm.threshold, "direction": method.stm.direction, "flagged": flagged,
-                       "exempted_structural": exempted}
+                       "exempted_structural": exempted, "exempted_protected": protected}
 
 
 def oracle(rows, scores, method, seed, special=frozenset()):
@@ -211,7 +243,7 @@ def oracle(rows, scores, method, seed, special=frozenset()):
         injected = np.zeros(len(r["input_ids"]), dtype=bool)
         for flags in r.get("truth", {}).values():
             injected |= np.asarray(flags, dtype=bool)
-        keeps.append(_answer(r) & ~injected)
+        keeps.append(_answer(r) & ~(injected & ~_protected(r, method)))
     return keeps, {}, {}
 
 
@@ -239,7 +271,7 @@ METHODS.update({name: (entry["needs"], keep_all_answer_tokens) for name, entry i
 # name → the MethodConfig keys it reads besides COMMON_KEYS (xtf.unread refuses an override of any other): None
 # for the attribute methods (method.attributes and the sections of the attributes named there). A method that
 # needs the reference losses ("ref_nll") also reads the reference model's keys (REFERENCE_KEYS).
-COMMON_KEYS = frozenset({"name", "finetune", "epochs_factor", "exempt_special", "protocol"})
+COMMON_KEYS = frozenset({"name", "finetune", "epochs_factor", "exempt_special", "protect_answer", "protocol"})
 REFERENCE_KEYS = ("reference_warmup", "reference_lora_r", "reference_lora_alpha", "reference_lora_dropout",
                   "reference_lr", "reference_warmup_ratio")
 KEYS = {"normal": (), "normal_x2": (), "none": (), "xtf": None, "xtf_official": None,
@@ -306,10 +338,14 @@ def mask_stats(rows: list[dict], keeps: list[np.ndarray], noisy: dict[str, list[
 def mask(rows: list[dict], scores: dict, method, seed: int, special: frozenset[int] = frozenset()
          ) -> tuple[list[np.ndarray], dict[str, list], dict]:
     """(keep masks, noisy masks per attribute, statistics + the thresholds used) for `rows` under `method`.
-    `special`: structural token ids (`structural_ids(tokenizer)`), exempt under method.exempt_special."""
+    `special`: structural token ids (`structural_ids(tokenizer)`), exempt under method.exempt_special. Under
+    method.protect_answer the statistics count the protected answer tokens ("protected_tokens")."""
     _, fn = METHODS[method.name]
     keeps, noisy, info = fn(rows, scores, method, seed, special)
-    return keeps, noisy, {**mask_stats(rows, keeps, noisy), "rule": info}
+    stats = mask_stats(rows, keeps, noisy)
+    if method.protect_answer:
+        stats["protected_tokens"] = int(sum(int((_protected(r, method) & _answer(r)).sum()) for r in rows))
+    return keeps, noisy, {**stats, "rule": info}
 
 
 # Which side of each score means "noise" (for AUROC against the injected truth): RI low (nothing builds on it),

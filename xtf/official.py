@@ -42,6 +42,8 @@ RELEASED: dict[str, tuple[Any, str]] = {
     "method.tr.threshold": ("released", "XTF_script.get_score: Multi-Otsu over every token occurrence, then the "
                                         "cumulative-proportion test against score_weights[2]"),
     "method.exempt_special": (False, "XTF_script.filtering_tokens_and_give_labels: every answer token is judged"),
+    "method.protect_answer": (False, "XTF_script.filtering_tokens_and_give_labels: every answer token is judged, "
+                                     "the answer's format too"),
     "model.chat_template": (False, "XTF_script.format_tr_gsm8k: tokenizer(question), the text as it is"),
     "model.dtype": ("float32", "XTF_script.main: AutoModelForCausalLM.from_pretrained(args.model_name, "
                                "trust_remote_code=True), no dtype: float32 under the transformers 4 it requires"),

@@ -37,7 +37,7 @@ import torch
 from xtf import sstoken
 
 IGNORE = -100
-ONLINE_VERSION = 1  # bump when an online rule or its bookkeeping changes behaviour
+ONLINE_VERSION = 2  # bump when an online rule or its bookkeeping changes behaviour (2: protected tokens)
 
 
 @dataclass
@@ -146,12 +146,18 @@ class Selector:
         self.selected: list[np.ndarray] = []                  # per row: Σ over visits of the keep mask (or weight)
         self.visits = np.zeros(0, dtype=np.int64)             # per row: how many steps it was in
         self.per_step: dict[int, list[float]] = {}            # optimiser step → [kept, trainable]
+        self.protected: list[np.ndarray] = []                 # per row: the task's protected tokens (bind)
         self._logged_through = 0
         self._providers = None
 
     def bind(self, rows: list[dict], model) -> None:
         """Size the books for the training rows and build the signal providers for `model` (before training)."""
         self.selected = [np.zeros(len(r["input_ids"])) for r in rows]
+        # The task's answer format (xtf.data `protected`) stays trainable whatever the rule selects
+        # (method.protect_answer, as for the offline methods of xtf.masking).
+        on = getattr(self.method, "protect_answer", False)
+        self.protected = [np.asarray(r["protected"] if on and "protected" in r else np.zeros(len(r["input_ids"])),
+                                     dtype=np.float32) for r in rows]
         self.visits = np.zeros(len(rows), dtype=np.int64)
         self._providers = {name: SIGNALS[name](model, self.method) for name in self.signal_names}
 
@@ -171,6 +177,9 @@ class Selector:
         signals = {name: fn() for name, fn in got.items()}
         new, weights = self.rule(Step(labels, nll.detach(), cached, signals, step / max(max_steps, 1)), self.method)
         trainable = labels != IGNORE
+        if self.protected:
+            guard = self._pad([self.protected[int(r)] for r in rows], length, labels.device) > 0
+            new = torch.where(guard & trainable, labels, new)
         if torch.any((new != IGNORE) & ~trainable):
             raise AssertionError(f"online rule {self.method.name} made a non-trainable token trainable")
         chosen = (weights * trainable) if weights is not None else (new != IGNORE).float()

@@ -143,8 +143,11 @@ def _convert(parts: list[Path], source: dict, sha256: str, size: int, tmp: Path)
             raise RuntimeError(f"joined GGUF {gguf.name} differs from its chunks as hashed; retry")
     started = time.time()
     log.info("converting %s (%.0f MB GGUF) into a Hugging Face folder, once", gguf.name, size / 2**20)
-    tokenizer = AutoTokenizer.from_pretrained(str(staging), gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(str(staging), gguf_file=gguf.name, dtype=torch.float32)
+    # local_files_only=True always: transformers writes the flag into tokenizer_config.json, so a conversion made
+    # with HF_HUB_OFFLINE unset once saved `false` there and gave the same weights another identity (run ids).
+    tokenizer = AutoTokenizer.from_pretrained(str(staging), gguf_file=gguf.name, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(str(staging), gguf_file=gguf.name, dtype=torch.float32,
+                                                 local_files_only=True)
     # The loader marks the model as GGUF-quantised, which blocks save_pretrained; its tensors are already
     # de-quantised float32, so dropping the marker saves exactly what was loaded.
     model.hf_quantizer = None

@@ -33,6 +33,7 @@ from xtf import (
     sandbox,
     scoring,
     tasks,
+    threads,
 )
 from xtf.config import RunConfig, check_model_fit, task_options
 from xtf.evaluate import EVAL_VERSION, evaluate
@@ -107,7 +108,8 @@ def _run(cfg: RunConfig) -> dict:
         with timer("tokenize"), distributed.main_first():
             rows, token_stats = data.tokenize_cached(
                 tokenizer, train_examples, cfg.data.max_len, cfg.data.truncation, cfg.model.chat_template,
-                cfg.paths.cache_dir, split="train", locations=used.task_data.locations)
+                cfg.paths.cache_dir, split="train", locations=used.task_data.locations,
+                protect=getattr(task, "protected_spans", None))  # the answer format (xtf.tasks.common)
         with timer("load_model"):
             torch.manual_seed(cfg.seed)
             model = models.load_model(cfg.model, weights, device)
@@ -181,6 +183,7 @@ def _record(cfg: RunConfig, folder, task, used, weights: str, device, timer, **s
         **results.record_identity(task, weights, cfg.paths.cache_dir),  # the weights' sha256, each stage's code hash
         "config": dataclasses.asdict(cfg),
         "provenance": results.provenance(str(device)),
+        "threads": threads.describe(),  # torch's CPU threads and why (xtf.threads: the cores other jobs left free)
         "timings": timer.seconds,  # the same dict: stages timed after this (explain) are in the written record
     }
 

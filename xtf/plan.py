@@ -145,12 +145,12 @@ def logits_bytes(a: Arch, s: Setup) -> float:
                for the loss (4) and the float32 log-softmax saved for backward (4);
       kept     the same at the trained positions only, [N, vocab]; N <= micro_batch x max_len, counted at that
                upper bound (prompt positions are never trained, so the real N is smaller);
-      chunked  at most [CHUNK_ROWS, vocab] float32 logits and their gradient at a time, never saved."""
-    from xtf.lm_loss import CHUNK_ROWS
+      chunked  at most [chunk_rows(vocab), vocab] float32 logits and their gradient at a time, never saved."""
+    from xtf.lm_loss import chunk_rows
 
     positions = s.micro_batch * s.seq_len
     if s.loss_impl == "chunked":
-        return min(CHUNK_ROWS, positions) * a.vocab * (4 + 4)
+        return min(chunk_rows(a.vocab), positions) * a.vocab * (4 + 4)
     return positions * a.vocab * (2 + 4 + 4)
 
 

@@ -2,13 +2,16 @@
 
     python -m xtf.experiment --tables      # every experiments/*.yaml with records → results/tables/<name>.png
 
-Kinds (checked by xtf.tables.check_plot):
+Kinds (checked by xtf.table_spec.check_plot):
 - `bar`: one bar per cell, or grouped bars: `x` coordinate(s) along the axis, one colour per `hue` label, one
   panel per label combination of `panels` (two panel coordinates: rows × columns).
 - `lines`: a value against the `x` coordinate, one panel per `facet` label (columns) and value (rows), a
   `reference` label drawn as a dashed line, and an optional `tradeoff` panel [x value, y value], one line per
   facet label.
 - `passk`: pass@k against k, one line per `series` label, one panel per label combination of `facet`.
+
+With a `table.baseline`, `plot_paired` draws the table's paired differences (xtf.table_ci) as a forest plot whose
+error bars are the 95 % paired bootstrap CI, labelled as such (<name>_paired.png).
 
 Conventions, the same in every kind: values are shown as in the table (× the value's `scale`); a point is the
 mean over seeds and its error bar the sample std (none for one seed); every bar carries its value, and a zero
@@ -317,6 +320,54 @@ def _plot_passk(plt, spec, records, p, vals):
 
 
 KINDS = {"bar": _plot_bar, "lines": _plot_lines, "passk": _plot_passk}
+CI_LABEL = "95 % paired bootstrap CI (questions × seeds)"
+
+
+def paired_figure(spec: dict, sections: list[dict]):
+    """The table's Δ columns (xtf.table_ci) as a forest plot: one panel per sub-table and Δ column, a row per table
+    row, the difference as a point and its 95 % paired bootstrap CI as the error bar (never the seed std); a
+    cell without a difference shows its text ("n/a", "—", "not paired") mid-panel. None when no cell has one."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+
+    panels = [(sec, i, col) for sec in sections for i, col in enumerate(sec["columns"]) if col["source"] == "diff"
+              and any("diff" in r["cells"][i] for r in sec["rows"])]
+    if not panels:
+        return None
+    height = max(len([r for r in sec["rows"] if not r.get("mean")]) for sec, _, _ in panels) * 0.28 + 1.2
+    fig, axes = _figure(plt, len(panels), min(3, len(panels)), 3.6, height, sharey=False)
+    for ax, (sec, i, col) in zip(axes, panels):
+        rows = [r for r in sec["rows"] if not r.get("mean") and r["cells"][i].get("text") != "(baseline)"]
+        for y, r in enumerate(rows):
+            cell = r["cells"][i]
+            if "diff" in cell:
+                d, lo, hi = cell["diff"]
+                ax.errorbar(d, y, xerr=[[d - lo], [hi - d]], fmt="o", ms=4, capsize=3, color=COLOURS[0], lw=1.2)
+            elif not cell.get("absent"):
+                ax.text(0.5, y, cell.get("text", MISSING), ha="center", va="center", fontsize=7, color="#757575",
+                        transform=ax.get_yaxis_transform())  # mid-panel: a missing difference is never drawn as 0
+        ax.axvline(0, color="grey", lw=0.8, ls="--")
+        ax.set_yticks(range(len(rows)), [" / ".join(x for x in r["labels"] if x) for r in rows], fontsize=8)
+        ax.set_ylim(len(rows) - 0.5, -0.5)
+        points = " (percentage points)" if col["value"]["scale"] == 100 else ""
+        ax.set_xlabel(f"Δ {col['value']['name']} vs {spec['table']['baseline']}{points}", fontsize=8)
+        t = spec["table"]
+        where = [f"{t['names'].get(c, c)} = {x}" for c, x in zip(t["columns"], col["key"])]
+        ax.set_title(", ".join(x for x in [sec["title"], *where] if x) or col["value"]["name"], fontsize=9)
+        _style(ax)
+        ax.grid(axis="x", color="#e5e5e5", lw=0.6)
+    handle = Line2D([], [], marker="o", ms=4, color=COLOURS[0])
+    _finish(fig, f"{spec['name']}: paired difference to {spec['table']['baseline']} (error bars: {CI_LABEL}, not "
+                 f"the seed std)", [handle], [f"difference, {CI_LABEL}"])
+    return fig
+
+
+def plot_paired(spec: dict, sections: list[dict], out: Path) -> Path | None:
+    """Render `paired_figure` into `out` (PNG); None, and no file, when no Δ cell has a difference."""
+    return _save(paired_figure(spec, sections), out)
 
 
 def figure(spec: dict, records: dict[str, list[dict]]):
@@ -333,9 +384,12 @@ def figure(spec: dict, records: dict[str, list[dict]]):
 
 def plot(spec: dict, records: dict[str, list[dict]], out: Path) -> Path | None:
     """Render the spec's plot into `out` (PNG); None, and no file, when no cell has data."""
+    return _save(figure(spec, records), out)
+
+
+def _save(fig, out: Path) -> Path | None:
     import matplotlib.pyplot as plt
 
-    fig = figure(spec, records)
     if fig is None:
         return None
     fig.savefig(out, dpi=130)

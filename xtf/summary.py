@@ -9,6 +9,13 @@ and saying so is the point. The kept fraction of an online method (xtf.online) i
 labelled as such (`kept_fraction`): its offline mask keeps every answer token, so "kept 1.000" would mislead.
 A record made by other code than this (its `code` hashes, xtf.identity.code_hashes) says so in every view
 (`code_warning`): the summary, this comparison and `make tables` (xtf.tables).
+
+    python -m xtf.summary results/quickstart --baseline normal   # + each method − normal, paired (`make run`)
+
+With --baseline, each other method's runs are compared with the baseline method's runs of the same model, task
+and train mode on the same test questions (xtf.paired: paired bootstrap over questions, seeded): the difference
+in answer NLL and, where n allows, in accuracy, with a 95 % CI and whether it excludes zero, in words. The
+per-question values are read from each run's predictions.jsonl (`question_values`).
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from xtf import official
+from xtf import official, paired
 from xtf.identity import changed_stages, code_hashes
 
 TRUNCATION_WARN = 0.02   # warn when truncation cut more than this share of the answer tokens
@@ -185,8 +192,110 @@ def print_summary(record: dict, folder) -> None:
         print(f"[xtf] {line}")
 
 
-def compare_lines(folder: Path) -> list[str]:
-    """One line per complete run under `folder` (an experiment folder), sorted by method and seed."""
+# ---------------------------------------------------------------------------------------------------------------
+# Paired differences (xtf.paired) from the per-question values in predictions.jsonl
+
+# A record path → the per-question measure whose (weighted) mean it is: what a paired difference can be built for.
+PER_QUESTION = {"metrics.accuracy": "correct", "metrics.answer_nll": "answer_nll"}
+# measure → (display name, unit, lower is better)
+MEASURES = {"answer_nll": ("answer NLL", " nats/token", True), "correct": ("accuracy", "", False)}
+
+
+def primary_correct_field(record: dict) -> str | None:
+    """The predictions.jsonl field whose mean is metrics.accuracy: the protocol's primary lm-eval metric
+    (`primary`: accuracy_<name> → correct_<name>) or its first extractor (exact match); None for other protocols."""
+    protocol = record.get("eval_protocol") or {}
+    if isinstance(protocol.get("primary"), str):
+        return "correct_" + protocol["primary"].removeprefix("accuracy_")
+    extractors = protocol.get("extractors")
+    return f"correct_{extractors[0]}" if extractors else None
+
+
+def question_values(folder, record: dict) -> dict[str, dict]:
+    """A run's per-question values from `folder`/predictions.jsonl: {"correct": {question id: (0 or 1, 1)},
+    "answer_nll": {question id: (nats/token, answer tokens)}} (value, weight: xtf.paired.paired_arrays). A
+    measure the run did not record per question (a run made before xtf wrote them, or a protocol without it) is
+    absent, and so is a correctness whose mean is not the record's accuracy (never paired on a mismatch)."""
+    try:
+        rows = [json.loads(line) for line in (Path(folder) / "predictions.jsonl").read_text().splitlines() if line]
+    except (OSError, json.JSONDecodeError):
+        return {}
+    out = {}
+    nll = {str(r["id"]): (r["answer_nll"], r["answer_tokens"]) for r in rows if r.get("answer_nll") is not None}
+    if nll:
+        out["answer_nll"] = nll
+    field, accuracy = primary_correct_field(record), (record.get("metrics") or {}).get("accuracy")
+    correct = {str(r["id"]): (float(bool(r[field])), 1.0) for r in rows if field in r}
+    if correct and accuracy is not None and len(correct) == len(rows) \
+            and abs(np.mean([v for v, _ in correct.values()]) - accuracy) < 1e-9:
+        out["correct"] = correct
+    return out
+
+
+def paired_measure(measure: str, a_by_seed: dict, b_by_seed: dict, name_a: str,
+                   name_b: str) -> tuple[str, paired.PairedDiff | None]:
+    """One measure's paired difference name_a − name_b and whether its CI excludes 0, in words; or why not shown."""
+    label, unit, lower_better = MEASURES[measure]
+    try:
+        va, vb, wa, wb, seeds = paired.paired_arrays(a_by_seed, b_by_seed, name_a, name_b)
+    except paired.PairingError as e:
+        return f"  {label}: not paired: {e}", None
+    refusal = paired.accuracy_refusal(va, vb) if measure == "correct" else None
+    if refusal:
+        return f"  {label}: not shown: {refusal}", None
+    d = paired.paired_bootstrap(va, vb, wa, wb, strata=seeds)
+    return (f"  {label}: {d.diff:+.4f}{unit}, {d.level:.0%} CI [{d.low:+.4f}, {d.high:+.4f}]; "
+            f"{paired.verdict(d, name_a, name_b, lower_better)}"), d
+
+
+def paired_lines(folder: Path, records: list[dict], baseline: str) -> list[str]:
+    """Each other method − `baseline`, per model, task and train mode, over the seeds both have (xtf.paired)."""
+    found: dict[tuple, dict[str, dict[int, list[dict]]]] = {}
+    for r in records:
+        where = (r["model"], r["task"], r.get("train"))
+        found.setdefault(where, {}).setdefault(r["method"], {}).setdefault(r["seed"], []).append(r)
+    out = [f"paired differences to {baseline} on the same evaluated questions (xtf.paired):"]
+    for where, methods in found.items():
+        for method, seeds in methods.items():
+            for seed, rs in seeds.items():
+                if len(rs) > 1:  # e.g. runs with other settings (make run ARGS=...) in the same folder
+                    out.append(f"  not paired: {', '.join(map(str, where))}, {method} seed {seed} has {len(rs)} runs "
+                               f"in {folder} ({', '.join(r['run_id'] for r in rs)}): which one is meant is ambiguous")
+        runs = {m: {s: rs[0] for s, rs in seeds.items() if len(rs) == 1} for m, seeds in methods.items()}
+        if baseline not in methods or len(methods) == 1:
+            out.append(f"  {', '.join(map(str, where))}: " + (f"no {baseline} run to compare with" if baseline
+                       not in methods else f"only {baseline} runs, nothing to compare with them"))
+            continue
+        for method in methods:
+            if method != baseline:
+                out += _pair_lines(folder, where, method, runs[method], baseline, runs[baseline])
+    return out
+
+
+def _pair_lines(folder: Path, where: tuple, method: str, runs: dict, baseline: str, base_runs: dict) -> list[str]:
+    """A head line (what is compared and how) and one line per measure (MEASURES)."""
+    ours, base = ({s: question_values(folder / r["run_id"], r) for s, r in rs.items()} for rs in (runs, base_runs))
+    seeds = sorted(set(ours) & set(base))
+    head = f"{method} − {baseline} ({', '.join(map(str, where))}, seed{'s' * (len(seeds) > 1)} " \
+           f"{', '.join(map(str, seeds)) or 'none in common'})"
+    lines, first = [], None
+    for measure, (label, _, _) in MEASURES.items():
+        lacking = [r["run_id"] for side, rs in ((ours, runs), (base, base_runs)) for s, r in rs.items()
+                   if s in seeds and measure not in side[s]]
+        if lacking:
+            lines.append(f"  {label}: not recorded per question in the predictions.jsonl of {', '.join(lacking)} (a "
+                         f"run made before xtf wrote them, or a protocol without {label}; force=true reruns a run)")
+            continue
+        line, d = paired_measure(measure, {s: ours[s][measure] for s in seeds},
+                                 {s: base[s][measure] for s in seeds}, method, baseline)
+        if d is not None and first is not None and d.n_questions != first.n_questions:
+            line += f" ({d.method()})"
+        first = first or d
+        lines.append(line)
+    return [head + (f": {first.method()}" if first else "")] + lines
+
+
+def complete_records(folder: Path) -> list[dict]:
     records = []
     for path in sorted(Path(folder).glob("*/results.json")):
         try:
@@ -195,6 +304,13 @@ def compare_lines(folder: Path) -> list[str]:
             continue
         if r.get("status") == "complete":
             records.append(r)
+    return records
+
+
+def compare_lines(folder: Path, baseline: str | None = None) -> list[str]:
+    """One line per complete run under `folder` (an experiment folder), sorted by method and seed; with a
+    `baseline` method, then each other method's paired difference to it (`paired_lines`)."""
+    records = complete_records(folder)
     if not records:
         return [f"no complete runs under {folder}"]
     records.sort(key=lambda r: (r["model"], r["task"], r["method"], r["seed"]))
@@ -215,15 +331,23 @@ def compare_lines(folder: Path) -> list[str]:
     if any_online:
         out.append("* kept fraction chosen online during training (training.online.kept_fraction; for a "
                    "loss-weighting rule, the mean weight): the offline mask keeps every answer token")
+    if baseline is not None:
+        out += paired_lines(Path(folder), records, baseline)
     return stale_code_lines(records, str(folder)) + out  # first: seen before the numbers
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = sys.argv[1:] if argv is None else argv
+    args = sys.argv[1:] if argv is None else list(argv)
+    baseline = None
+    if "--baseline" in args[:-1]:
+        at = args.index("--baseline")
+        baseline = args[at + 1]
+        del args[at: at + 2]
     if len(args) != 1 or not Path(args[0]).is_dir():
-        print("usage: python -m xtf.summary <experiment folder, e.g. results/quickstart>", file=sys.stderr)
+        print("usage: python -m xtf.summary <experiment folder, e.g. results/quickstart> [--baseline <method, e.g. "
+              "normal>]", file=sys.stderr)
         raise SystemExit(2)
-    print("\n".join(compare_lines(Path(args[0]))))
+    print("\n".join(compare_lines(Path(args[0]), baseline)))
 
 
 if __name__ == "__main__":

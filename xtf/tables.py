@@ -2,7 +2,7 @@
 
     python -m xtf.experiment --tables          # every experiments/*.yaml that has records → results/tables/
 
-A spec's `table:` block (checked by `check_table`):
+A spec's `table:` block (checked by xtf.table_spec.check_table; rendered by xtf.table_render):
 
     rows: [train, method]      # coordinates down the side; all but the last one form row groups
     columns: [model]           # coordinates across the top (may be empty)
@@ -20,6 +20,8 @@ A spec's `table:` block (checked by `check_table`):
       over: rows
       label: Average
       paper_key: "{task}/Average/{method}"   # the paper's printed mean (fields: the other placements + value)
+    baseline: normal           # optional: a label of the last row coordinate; every value with per-question
+                               # records (accuracy, answer NLL) gets a "Δ <value> vs normal [95% CI]" sub-column
 
 Each cell is "mean ± std" over its seeds (sample std, ddof=1), "(n=k)" when fewer than the spec's seeds are
 complete, "—" when none is (never 0), blank when the combination is not part of the grid. The best of a group
@@ -29,6 +31,10 @@ not be read from the paper is absent from paper_numbers.yaml and shows "—".
 A mean cell is the mean of the shown cell means it spans (the grid's cells only; a blank, excluded combination is
 not counted), "—" until every one of them has a value; its paper sub-column is the paper's printed mean (never
 computed here: the paper's may span other rows). Means compete for bold only with means.
+
+With a baseline, a Δ cell is the row's paired difference to the baseline row of its row group and column, with
+its 95 % paired bootstrap CI over questions × seeds (xtf.table_ci, xtf.paired); the plots draw the Δ cells with
+the CI as error bars (<name>_paired.png, xtf.plots.plot_paired).
 
 `mask.kept_fraction` is the share of answer tokens a run trained on (xtf.summary.kept_fraction): for an online
 method (xtf.online, which keeps every answer token in its offline mask and selects per batch) it is the kept
@@ -44,183 +50,17 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import sys
 from pathlib import Path
 
 import numpy as np
 import yaml
 
+from xtf import table_ci
 from xtf.experiment import PAPER_NUMBERS, ROOT, SpecError, collect, expand
 from xtf.summary import kept_fraction, stale_code_lines
-
-_TABLE_KEYS = ("rows", "columns", "split", "values", "value", "best", "scale", "digits", "names", "paper",
-               "paper_key", "mean")
-_MEAN_KEYS = ("over", "label", "paper_key")
-_VALUE_KEYS = ("path", "best", "scale", "digits")
-_BEST = ("max", "min", "none")
-_DIRECTIONS = ("column", "row", "none")
-MISSING = "—"
-
-
-def _fail(path, key, problem):
-    raise SpecError(f"{path}: {key}: {problem}")
-
-
-def _coords(path, key, value, spec) -> list[str]:
-    items = [value] if isinstance(value, str) else (value or [])
-    if not isinstance(items, list):
-        _fail(path, key, f"expected a coordinate or a list of them, got {value!r}")
-    for c in items:
-        if c not in spec["coords"]:
-            _fail(path, key, f"unknown coordinate {c!r}; coordinates of this spec: {spec['coords']}")
-    return [str(c) for c in items]
-
-
-def check_table(path, raw, spec: dict) -> dict:
-    """The table layout, checked against the spec's coordinates; defaults filled in."""
-    if not isinstance(raw, dict):
-        _fail(path, "table", "expected a mapping (rows, columns, values, ...)")
-    unknown = sorted(set(raw) - set(_TABLE_KEYS))
-    if unknown:
-        _fail(path, f"table.{unknown[0]}", f"unknown key; allowed: {list(_TABLE_KEYS)}")
-    rows = _coords(path, "table.rows", raw.get("rows", spec["coords"][:1]), spec)
-    columns = _coords(path, "table.columns", raw.get("columns"), spec)
-    split = _coords(path, "table.split", raw.get("split"), spec)
-    if not rows:
-        _fail(path, "table.rows", "at least one coordinate")
-    placed = rows + columns + split
-    twice = sorted({c for c in placed if placed.count(c) > 1})
-    if twice:
-        _fail(path, "table", f"coordinate {twice[0]!r} is placed twice (rows, columns, split)")
-    missing = [c for c in spec["coords"] if c not in placed]
-    if missing:
-        _fail(path, "table", f"coordinate {missing[0]!r} is in neither rows, columns nor split (its cells would "
-              f"collapse into one table cell)")
-    if ("values" in raw) == ("value" in raw):
-        _fail(path, "table.values", "give exactly one of 'value' (a record path) or 'values' {name: path}")
-    values_raw = {"value": raw["value"]} if "value" in raw else raw["values"]
-    if not isinstance(values_raw, dict) or not values_raw:
-        _fail(path, "table.values", "expected a mapping {column name: record path or {path, best, scale, digits}}")
-    scale, digits = raw.get("scale", 1), raw.get("digits", 3)
-    values = []
-    for name, v in values_raw.items():
-        v = {"path": v} if isinstance(v, str) else v
-        key = f"table.values.{name}"
-        if not isinstance(v, dict) or not isinstance(v.get("path"), str):
-            _fail(path, key, "expected a dotted record path (e.g. metrics.accuracy) or {path: ..., best: ...}")
-        bad = sorted(set(v) - set(_VALUE_KEYS))
-        if bad:
-            _fail(path, f"{key}.{bad[0]}", f"unknown key; allowed: {list(_VALUE_KEYS)}")
-        best = v.get("best", "max")
-        if best not in _BEST:
-            _fail(path, f"{key}.best", f"{best!r} is not allowed; choose one of {list(_BEST)}")
-        s, d = v.get("scale", scale), v.get("digits", digits)
-        if not isinstance(s, (int, float)) or isinstance(s, bool) or not isinstance(d, int) or d < 0:
-            _fail(path, key, "scale must be a number and digits an integer >= 0")
-        values.append({"name": str(name), "path": v["path"], "best": best, "scale": s, "digits": d})
-    direction = raw.get("best", "column")
-    if direction not in _DIRECTIONS:
-        _fail(path, "table.best", f"{direction!r} is not allowed; choose one of {list(_DIRECTIONS)}")
-    names = raw.get("names") or {}
-    if not isinstance(names, dict) or any(c not in spec["coords"] for c in names):
-        _fail(path, "table.names", f"expected {{coordinate: display name}} over {spec['coords']}")
-    paper = raw.get("paper")
-    if paper is not None and not isinstance(paper, str):
-        _fail(path, "table.paper", "expected a table key of experiments/paper_numbers.yaml")
-    default_key = "/".join("{" + c + "}" for c in spec["coords"]) + ("/{value}" if len(values) > 1 else "")
-    paper_key = raw.get("paper_key", default_key)
-    fields = set(re.findall(r"{([^}]*)}", str(paper_key)))
-    if not fields <= {*spec["coords"], "value"}:
-        _fail(path, "table.paper_key", f"unknown field(s) {sorted(fields - {*spec['coords'], 'value'})}; "
-              f"allowed: {spec['coords'] + ['value']}")
-    return {"rows": rows, "columns": columns, "split": split, "values": values, "best": direction,
-            "names": {str(k): str(v) for k, v in names.items()}, "paper": paper, "paper_key": str(paper_key),
-            "mean": _check_mean(path, raw.get("mean"), rows, columns, split, paper)}
-
-
-def _check_mean(path, raw, rows, columns, split, paper) -> dict | None:
-    """table.mean → {over, label, paper_key or None}; the paper key may name only the coordinates the mean keeps."""
-    if raw is None:
-        return None
-    if not isinstance(raw, dict) or raw.get("over") not in ("rows", "columns"):
-        _fail(path, "table.mean", "expected {over: rows | columns, label: <row or column label>, paper_key: ...}")
-    bad = sorted(set(raw) - set(_MEAN_KEYS))
-    if bad:
-        _fail(path, f"table.mean.{bad[0]}", f"unknown key; allowed: {list(_MEAN_KEYS)}")
-    if raw["over"] == "columns" and not columns:
-        _fail(path, "table.mean.over", "a mean over columns needs table.columns")
-    label = raw.get("label", "mean")
-    if not isinstance(label, str) or not label:
-        _fail(path, "table.mean.label", f"expected a non-empty text, got {label!r}")
-    paper_key = raw.get("paper_key")
-    if paper_key is not None:
-        if paper is None:
-            _fail(path, "table.mean.paper_key", "needs table.paper (the paper table the printed means are in)")
-        kept = split + (columns if raw["over"] == "rows" else rows) + ["value"]
-        fields = set(re.findall(r"{([^}]*)}", str(paper_key)))
-        if not fields <= set(kept):
-            _fail(path, "table.mean.paper_key", f"unknown field(s) {sorted(fields - set(kept))}; a mean over "
-                  f"{raw['over']} keeps only {kept}")
-        paper_key = str(paper_key)
-    return {"over": raw["over"], "label": label, "paper_key": paper_key}
-
-
-def check_plot(path, raw, spec: dict) -> dict:
-    if not isinstance(raw, dict) or raw.get("kind") not in ("bar", "lines", "passk"):
-        _fail(path, "plot.kind", "expected one of ['bar', 'lines', 'passk']")
-    names = [v["name"] for v in spec["table"]["values"]]
-
-    def value_names(key, default=None):
-        items = raw.get(key, default)
-        items = [items] if isinstance(items, str) else items
-        if not isinstance(items, list) or not items or any(n not in names for n in items):
-            _fail(path, f"plot.{key}", f"expected table value name(s) from {names}, got {items!r}")
-        return items
-
-    kind = raw["kind"]
-    allowed = {"bar": {"kind", "value", "x", "hue", "panels"},
-               "lines": {"kind", "x", "facet", "values", "reference", "tradeoff"},
-               "passk": {"kind", "values", "series", "facet"}}[kind]
-    unknown = sorted(set(raw) - allowed)
-    if unknown:
-        _fail(path, f"plot.{unknown[0]}", f"unknown key for kind {kind}; allowed: {sorted(allowed)}")
-    out = {"kind": kind}
-    if kind == "bar":
-        out["value"] = value_names("value", names[:1])[0]
-        out["x"] = _coords(path, "plot.x", raw.get("x"), spec)
-        hue = _coords(path, "plot.hue", raw.get("hue"), spec)
-        out["panels"] = _coords(path, "plot.panels", raw.get("panels"), spec)
-        if len(hue) > 1 or len(out["panels"]) > 2:
-            _fail(path, "plot", "bar takes at most one hue coordinate and at most two panel coordinates")
-        out["hue"] = hue[0] if hue else None
-        placed = out["x"] + hue + out["panels"]
-        if len(set(placed)) != len(placed):
-            _fail(path, "plot", f"a coordinate is placed twice (x, hue, panels): {placed}")
-    elif kind == "lines":
-        out["x"] = _coords(path, "plot.x", raw.get("x"), spec)
-        out["facet"] = _coords(path, "plot.facet", raw.get("facet"), spec)
-        if len(out["x"]) != 1 or len(out["facet"]) > 1:
-            _fail(path, "plot", "lines needs one x coordinate and at most one facet coordinate")
-        out["values"] = value_names("values", names[:1])
-        out["reference"] = raw.get("reference")
-        if out["reference"] is not None and (not out["facet"] or out["reference"]
-                                             not in spec["labels"][out["facet"][0]]):
-            _fail(path, "plot.reference", "expected a label of the facet coordinate")
-        out["tradeoff"] = value_names("tradeoff") if raw.get("tradeoff") else None
-        if out["tradeoff"] and len(out["tradeoff"]) != 2:
-            _fail(path, "plot.tradeoff", "expected [x value, y value]")
-    else:
-        out["values"] = value_names("values")
-        for n in out["values"]:
-            if not re.search(r"@(\d+)$", n):
-                _fail(path, "plot.values", f"{n!r}: pass@k value names must end in @<k>")
-        out["series"] = _coords(path, "plot.series", raw.get("series"), spec)
-        out["facet"] = _coords(path, "plot.facet", raw.get("facet"), spec)
-        if len(out["series"]) != 1 or len(out["facet"]) > 2:
-            _fail(path, "plot", "passk needs one series coordinate and at most two facet coordinates")
-    return out
-
+from xtf.table_render import MISSING, to_latex, to_markdown
+from xtf.table_spec import check_plot, check_table  # noqa: F401 (xtf.experiment checks a spec's blocks here)
 
 # ---------------------------------------------------------------------------------------------------------------
 # Values
@@ -271,29 +111,40 @@ def _ordered(spec, coords, labels_of_cells):
     return list(dict.fromkeys(tuple(spec["points"][label][c] for c in coords) for label in labels_of_cells))
 
 
-def build(spec: dict, records: dict[str, list[dict]], paper_values: dict | None) -> list[dict]:
-    """The table as data: [{title, row_coords, columns: [{levels, ...}], rows: [{labels, cells}]}]."""
+def _columns(t: dict, col_keys: list[tuple]) -> list[dict]:
+    """The sub-columns: per column key (and the mean column, key None) per value: ours, the paper's, and with a
+    baseline the paired difference to it (source "diff", not for the mean column)."""
+    mean, diffs = t["mean"], table_ci.diff_values(t)
+    show_value = len(t["values"]) > 1 or not t["columns"] or bool(diffs)
+    sources = ("ours", "paper") if t["paper"] else ("ours",)
+    columns = []
+    for ck in [*col_keys, *([None] if mean and mean["over"] == "columns" else [])]:
+        # ck == () for a table without column coordinates (one column per value); None = the mean
+        head = list(ck) if ck is not None else [mean["label"]] + [""] * (len(t["columns"]) - 1)
+        key = ck if ck is not None else (mean["label"],)
+        for v in t["values"]:
+            for source in sources:
+                levels = head + ([v["name"]] if show_value else []) + ([source] if t["paper"] else [])
+                columns.append({"levels": levels, "key": key, "value": v, "source": source, "mean": ck is None})
+            if v in diffs and ck is not None:
+                levels = head + [table_ci.diff_header(v, t["baseline"])] + ([""] if t["paper"] else [])
+                columns.append({"levels": levels, "key": key, "value": v, "source": "diff", "mean": False})
+    return columns
+
+
+def build(spec: dict, records: dict[str, list[dict]], paper_values: dict | None, questions=None) -> list[dict]:
+    """The table as data: [{title, row_coords, columns: [{levels, ...}], rows: [{labels, cells}]}].
+    questions: record → its per-question values (xtf.table_ci.question_loader), for the Δ columns of a table
+    with a baseline; None: those cells show "—"."""
     t = spec["table"]
     n_seeds = len(spec["seeds"])
     by_point = {tuple(p[c] for c in spec["coords"]): label for label, p in spec["points"].items()}
-    values = t["values"]
-    show_value = len(values) > 1 or not t["columns"]
     sections = []
     for skey in _ordered(spec, t["split"], spec["cells"]):
         in_split = [lb for lb in spec["cells"] if tuple(spec["points"][lb][c] for c in t["split"]) == skey]
         row_keys = _ordered(spec, t["rows"], in_split)
-        col_keys = _ordered(spec, t["columns"], in_split)
         mean = t["mean"]
-        sources = ("ours", "paper") if t["paper"] else ("ours",)
-        columns = []
-        for ck in [*col_keys, *([None] if mean and mean["over"] == "columns" else [])]:
-            for v in values:
-                for source in sources:
-                    # ck == () for a table without column coordinates (one column per value); None = the mean
-                    head = list(ck) if ck is not None else [mean["label"]] + [""] * (len(t["columns"]) - 1)
-                    levels = head + ([v["name"]] if show_value else []) + ([source] if t["paper"] else [])
-                    columns.append({"levels": levels, "key": ck if ck is not None else (mean["label"],), "value": v,
-                                    "source": source, "mean": ck is None})
+        columns = _columns(t, _ordered(spec, t["columns"], in_split))
         rows = []
         for rk in row_keys:
             cells = []
@@ -306,6 +157,10 @@ def build(spec: dict, records: dict[str, list[dict]], paper_values: dict | None)
                     continue
                 point |= dict(zip(t["columns"], col["key"]))
                 label = by_point.get(tuple(point[c] for c in spec["coords"]))
+                if col["source"] == "diff":
+                    base = by_point.get(tuple({**point, t["rows"][-1]: t["baseline"]}[c] for c in spec["coords"]))
+                    cells.append(_diff_cell(label, base, col, records, questions, n_seeds))
+                    continue
                 cells.append(_cell(label, point, col, records, paper_values, t, n_seeds))
             rows.append({"labels": list(rk), "cells": cells})
         if mean and mean["over"] == "rows":
@@ -339,10 +194,22 @@ def _cell(label, point, col, records, paper_values, t, n_seeds) -> dict:
             "n": n if n < n_seeds else None, "value": mean * v["scale"], "online": online}
 
 
+def _diff_cell(label, base, col, records, questions, n_seeds) -> dict:
+    """The paired difference of this row's cell to its baseline row's (xtf.table_ci); blank outside the grid."""
+    if label is None or base is None:
+        return {"absent": True}
+    if label == base:
+        return {"text": "(baseline)"}
+    return table_ci.diff_cell(records.get(label, []), records.get(base, []), col["value"], questions, n_seeds,
+                              (label, base))
+
+
 def _mean_cell(spanned: list[dict], point: dict, col: dict, paper_values, mean: dict) -> dict:
     """The mean of the spanned cells' shown means (grid cells only; "—" until all have one), or for the paper
-    sub-column the paper's printed mean (mean.paper_key)."""
+    sub-column the paper's printed mean (mean.paper_key); a Δ column has no mean (blank)."""
     v = col["value"]
+    if col["source"] == "diff":
+        return {"absent": True}
     if col["source"] == "paper":
         key = mean["paper_key"].format(**point, value=v["name"]) if mean["paper_key"] else None
         num = (paper_values or {}).get(key)
@@ -379,97 +246,6 @@ def _bold(rows, columns, t) -> None:
             continue
         for _, cell in members:
             cell["bold"] = float(cell["mean"]) == best
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Rendering
-
-def _text(cell: dict, tex: bool) -> str:
-    if cell.get("absent"):
-        return ""
-    if cell["mean"] is None:
-        return "---" if tex else MISSING
-    pm = " $\\pm$ " if tex else " ± "
-    text = cell["mean"] + ("" if cell["std"] is None else pm + cell["std"])
-    if cell["n"] is not None:
-        text += f" (n={cell['n']})"
-    if cell.get("online"):
-        text += " (online)"
-    if cell.get("bold"):
-        text = f"\\textbf{{{text}}}" if tex else f"**{text}**"
-    return text
-
-
-def _row_labels(rows: list[dict]) -> list[list[str]]:
-    """Row labels with a group label shown only where it changes (the last coordinate always)."""
-    out, last = [], None
-    for r in rows:
-        labels = list(r["labels"])
-        shown = [x if last is None or labels[: i + 1] != last[: i + 1] else "" for i, x in enumerate(labels[:-1])]
-        out.append(shown + labels[-1:])
-        last = labels
-    return out
-
-
-def to_markdown(sections: list[dict]) -> str:
-    parts = []
-    for s in sections:
-        if s["title"]:
-            parts.append(f"### {s['title']}\n")
-        head = [x.replace("|", "\\|") for x in s["row_coords"]
-                + [" / ".join(x for x in c["levels"] if x) for c in s["columns"]]]
-        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(s["row_coords"]) + "---:|" * len(s["columns"])]
-        for labels, r in zip(_row_labels(s["rows"]), s["rows"]):
-            lines.append("| " + " | ".join([x.replace("|", "\\|") for x in labels]
-                                           + [_text(c, tex=False) for c in r["cells"]]) + " |")
-        parts.append("\n".join(lines) + "\n")
-    return "\n".join(parts)
-
-
-_TEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-                "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
-                "<": r"$<$", ">": r"$>$", "|": r"$|$", "±": r"$\pm$", "×": r"$\times$", "—": "---", "–": "--"}
-
-
-def tex_escape(text: str) -> str:
-    return "".join(_TEX_ESCAPES.get(ch, ch) for ch in str(text))
-
-
-def to_latex(sections: list[dict], name: str) -> str:
-    parts = [f"% {name}: generated by xtf.tables from the run records in results/{name}/ — do not edit.\n"
-             f"% Rebuild: python -m xtf.experiment --tables   (needs \\usepackage{{booktabs}})\n"]
-    for s in sections:
-        nr, cols = len(s["row_coords"]), s["columns"]
-        depth = len(cols[0]["levels"])
-        lines = []
-        if s["title"]:
-            lines.append(f"\\par\\smallskip\\textit{{{tex_escape(s['title'])}}}\\par")
-        lines += [f"\\begin{{tabular}}{{{'l' * nr}{'r' * len(cols)}}}", "\\toprule"]
-        for level in range(depth):
-            cells = [tex_escape(c) for c in s["row_coords"]] if level == depth - 1 else [""] * nr
-            rules, i = [], 0
-            while i < len(cols):  # merge neighbours with the same header prefix
-                j = i
-                while j + 1 < len(cols) and cols[j + 1]["levels"][: level + 1] == cols[i]["levels"][: level + 1]:
-                    j += 1
-                label = tex_escape(cols[i]["levels"][level])
-                cells.append(label if j == i else f"\\multicolumn{{{j - i + 1}}}{{c}}{{{label}}}")
-                if j > i and level < depth - 1 and label:
-                    rules.append(f"\\cmidrule(lr){{{nr + i + 1}-{nr + j + 1}}}")
-                i = j + 1
-            lines.append(" & ".join(cells) + " \\\\" + (" " + " ".join(rules) if rules else ""))
-        lines.append("\\midrule")
-        last_group = None
-        for labels, r in zip(_row_labels(s["rows"]), s["rows"]):
-            group = None if r.get("mean") else r["labels"][:-1]  # a mean row is set apart
-            if last_group is not None and group != last_group:
-                lines.append("\\midrule")
-            last_group = group
-            lines.append(" & ".join([tex_escape(x) for x in labels] + [_text(c, tex=True) for c in r["cells"]])
-                         + " \\\\")
-        lines += ["\\bottomrule", "\\end{tabular}"]
-        parts.append("\n".join(lines) + "\n")
-    return "\n".join(parts)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -522,7 +298,11 @@ def write_tables(spec: dict, out_dir: str | Path | None = None, skip_empty: bool
     for line in stale_code_lines([r for rs in records.values() for r in rs], spec["name"]):
         print(line, file=sys.stderr)
     paper, note = paper_values_for(spec, paper_numbers)
-    sections = build(spec, records, paper)
+    diffs = table_ci.diff_values(spec["table"])
+    sections = build(spec, records, paper, table_ci.question_loader(spec) if diffs and records else None)
+    for why in dict.fromkeys(c["why"] for s in sections for r in s["rows"] for c in r["cells"] if "why" in c):
+        print(f"[xtf] WARNING: {spec['name']}: {why}", file=sys.stderr)
+    ci_note = table_ci.note(spec["table"]["baseline"], MISSING) if diffs else ""
     n_runs, n_done = len(expand(spec)), sum(len(r) for r in records.values())
     seeds = ", ".join(map(str, spec["seeds"]))
     bold = {"column": "; bold: the best of each column within its row group", "row": "; bold: the best of each row",
@@ -530,17 +310,21 @@ def write_tables(spec: dict, out_dir: str | Path | None = None, skip_empty: bool
     header = (f"# {spec['name']}\n\n{spec['description']}\n\n"
               f"Generated from the run records in results/{spec['name']}/ ({n_done} of {n_runs} runs complete; "
               f"seeds {seeds}): mean ± std over seeds, (n=k) where fewer seeds are complete, {MISSING} where none "
-              f"is{bold}. Rebuild: `make tables`.\n" + (f"\n{note}\n" if note else "") + "\n")
+              f"is{bold}. Rebuild: `make tables`.\n" + "".join(f"\n{x}\n" for x in (ci_note, note) if x) + "\n")
     md_path = out_dir / f"{spec['name']}.md"
     md = to_markdown(sections)
     md_path.write_text(header + md)
-    (out_dir / f"{spec['name']}.tex").write_text(to_latex(sections, spec["name"]))
+    (out_dir / f"{spec['name']}.tex").write_text(to_latex(sections, spec["name"], ci_note))
     (out_dir / f"{spec['name']}.json").write_text(json.dumps(
         {label: [r["run_id"] for r in rs] for label, rs in records.items()}, indent=1) + "\n")
     if spec["plot"] and records:
         from xtf.plots import plot
 
         plot(spec, records, out_dir / f"{spec['name']}.png")
+    if diffs and records:  # the Δ columns with their CIs as error bars (none drawn when no cell has one)
+        from xtf.plots import plot_paired
+
+        plot_paired(spec, sections, out_dir / f"{spec['name']}_paired.png")
     print(md)
     print(f"[xtf] table: {md_path} ({n_done}/{n_runs} runs)")
     return md_path

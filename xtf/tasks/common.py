@@ -6,6 +6,14 @@ Example schema (a plain dict; tasks may add extra keys such as `test` or `option
     prompt    str   the raw prompt (question + instruction); chat templates are applied later, in tokenize()
     response  str   the training target (answer tokens); "" allowed only in test splits
     answer    str   the gold final answer used by evaluation (e.g. "72", "B", "yes")
+
+Protected spans (optional): a task whose answers have a fixed format its extractor reads defines
+    protected_spans(example) -> [(start, end), ...]
+half-open character offsets into `response` of the text no method may mask (GSM8K's "#### N" line, MedQA's answer
+letter, PubMedQA's closing "The answer is yes."). A zero-width span at len(response) stands for the end of
+sequence: it protects the EOS that tokenisation appends. Found in the response text, not stored with the example
+(examples, their checksums and the run ids stay as they were). xtf.data maps the spans onto a per-token
+`protected` array; xtf.masking exempts those tokens from every method under method.protect_answer (the default).
 """
 
 from __future__ import annotations

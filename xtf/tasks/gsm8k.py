@@ -167,6 +167,20 @@ LM_EVAL_METRICS: dict[str, tuple[str, str]] = {
 LM_EVAL_TASKS: tuple[str, ...] = ("xtf_gsm8k",)
 
 
+def protected_spans(example: dict) -> list[tuple[int, int]]:
+    """The answer format, never noise for any method (protected spans: xtf.tasks.common): the final "#### N" line,
+    from "####" to the end of the response (the strict extractor needs "#### " and the number whole), and the end of
+    sequence. The line is found in the text, so a paraphrase (method=da) that keeps it is protected too; a response
+    without it (target=rationale, format=released) protects only the EOS, and format=released appends none."""
+    response = example["response"]
+    end = len(response)
+    start = response.rfind("#### ")
+    own_line = start >= 0 and (not response[:start].strip() or response[start - 1] == "\n")
+    if own_line and "\n" not in response[start:].rstrip():
+        return [(start, end), (end, end)]
+    return [(end, end)]
+
+
 def convert(row: dict, idx: int, split: str, where: str, opts: Options, checker: RowChecker) -> Optional[dict]:
     """One source row → example, or None if the row is malformed (and the policy is "skip")."""
     if not checker.ok(row, {"question": str, "answer": str}, where):

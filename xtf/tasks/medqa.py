@@ -68,6 +68,16 @@ def extract_letter(text: str) -> Optional[str]:
 
 EXTRACTORS: dict[str, Callable[[str], Optional[str]]] = {"letter": extract_letter}
 
+
+def protected_spans(example: dict) -> list[tuple[int, int]]:
+    """The answer format, never noise (xtf.tasks.common): the answer letter the extractor reads (the first standalone
+    A–D, when it is the gold letter: " B. <text>" → "B"; the option's text is data, not format) and the end of
+    sequence."""
+    response = example["response"]
+    end = len(response)
+    m = _LETTER.search(response)
+    return [m.span(1), (end, end)] if m and m.group(1) == example.get("answer") else [(end, end)]
+
 # Evaluation protocol (xtf.lmeval): multiple choice by log-likelihood of each full answer " X. <text>"
 # (eval/xtf_medqa_mc.yaml; primary) and greedy generation + extract_letter (eval/xtf_medqa_gen.yaml).
 EVALUATION = "lm_eval"

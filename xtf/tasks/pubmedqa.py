@@ -63,6 +63,22 @@ def extract_decision(text: str) -> Optional[str]:
 
 
 EXTRACTORS: dict[str, Callable[[str], Optional[str]]] = {"decision": extract_decision}
+# The closing sentence make_example writes: the same words in every row, so KN calls them "known" (PCP ≈ 1) as it
+# does GSM8K's "#### ", yet a model never trained on them may not close with a decision for the extractor to read.
+_CLOSING = re.compile(r"The answer is (yes|no|maybe)\.\s*$")
+
+
+def protected_spans(example: dict) -> list[tuple[int, int]]:
+    """The answer format, never noise (xtf.tasks.common): the closing sentence "The answer is <decision>." and the
+    end of sequence; a response without that sentence (a paraphrase, method=da) protects the decision word the
+    extractor reads (the last yes/no/maybe) instead."""
+    response = example["response"]
+    end = len(response)
+    closing = _CLOSING.search(response)
+    if closing:
+        return [(closing.start(), end), (end, end)]
+    words = list(_DECISION.finditer(response))
+    return [words[-1].span(1), (end, end)] if words else [(end, end)]
 
 # Evaluation protocol (xtf.lmeval): greedy generation + extract_decision (eval/xtf_pubmedqa.yaml).
 EVALUATION = "lm_eval"
