@@ -8,7 +8,7 @@ three, under XTF_script.py's and main.py's percentages). Three layers:
     method.attributes=[..] method.cap=..` composes (milliseconds): every answer-token decision must match;
   * the pipeline's stages on the packaged SmolLM2-135M-Instruct (marked `real`), configured by compose + validate as
     run.py does: the released text token for token, the scores, then the masks of all 8 runs;
-  * run.py itself (the README's command, score_only=true) on each fixture's rows: its recorded masks.
+  * run.py itself (the documented command, score_only=true) on each fixture's rows: its recorded masks.
 
 Tolerance, per token class, never a blanket share (RI flags 1-2.5 % of answer tokens: a share of 0.95 passes an
 RI that flags nothing). Masks are a function of the scores, and the rules are checked exactly above, so a
@@ -241,11 +241,12 @@ def check_model(fx: dict) -> None:
     assert hashlib.sha256(gguf.read_bytes()).hexdigest() == info["gguf_sha256"], "not the fixture's model file"
 
 
-def readme_command() -> list[str]:
-    """The README's first xtf_official command (tests/test_official.py runs each of them through --cfg job)."""
-    from test_official import readme_official_commands
+def documented_command() -> list[str]:
+    """The documented first xtf_official command (docs/methods/xtf.md; tests/test_official.py runs each of them
+    through --cfg job)."""
+    from test_official import docs_official_commands
 
-    return readme_official_commands()[0].split()[2:]
+    return docs_official_commands()[0].split()[2:]
 
 
 @pytest.mark.real
@@ -260,7 +261,7 @@ def test_xtf_official_end_to_end_through_the_composed_config(name, data_dirs, se
 
     fx = load(name)
     check_model(fx)
-    cfg = validate(compose([*readme_command(), f"paths.data_dir={data_dirs[name]}",
+    cfg = validate(compose([*documented_command(), f"paths.data_dir={data_dirs[name]}",
                             f"paths.cache_dir={session_cache}"]))
     weights = models.resolve_weights(cfg.model, cfg.paths.cache_dir)
     tok = models.load_tokenizer(weights)
@@ -294,7 +295,7 @@ def test_xtf_official_end_to_end_through_the_composed_config(name, data_dirs, se
 @pytest.mark.real
 @pytest.mark.parametrize("name", FIXTURES)
 def test_run_py_masks_are_the_released_masks(name, data_dirs, session_cache, tmp_path):
-    """`python run.py <the README's xtf_official command> score_only=true` on the fixture's rows: the masks it records
+    """`python run.py <the documented xtf_official command> score_only=true` on the fixture's rows: the masks it records
     are the released masks of `--score_weights 1 1 1 --percentage_interest 0.1 0.1 0.1`, and its summary says it
     ran the released protocol."""
     from xtf import decisions
@@ -303,7 +304,7 @@ def test_run_py_masks_are_the_released_masks(name, data_dirs, session_cache, tmp
     check_model(fx)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "WANDB_MODE": "disabled",
            "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "run.py", *readme_command(), "score_only=true", "wandb.mode=disabled",
+    done = subprocess.run([sys.executable, "run.py", *documented_command(), "score_only=true", "wandb.mode=disabled",
                            f"paths.data_dir={data_dirs[name]}", f"paths.cache_dir={session_cache}",
                            f"paths.results_dir={tmp_path / 'results'}", f"paths.outputs_dir={tmp_path / 'out'}"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)

@@ -1,8 +1,8 @@
 """method=xtf_official composes the released XTF code's protocol from the command line (xtf/official.py): the
 composed configuration against the released scripts' own lines (stored in tests/fixtures/released_xtf_gsm8k_mid.json,
 quoted from EonHao/XTF at bd83b19), key by key, for every model; a run that changes a released key is warned about by
-name and its summary says so; the README's xtf_official commands compose as written. Milliseconds to seconds, no
-model.
+name and its summary says so; the documented xtf_official commands (docs/methods/xtf.md) compose as written.
+Milliseconds to seconds, no model.
 
     .venv/bin/python -m pytest -q tests/test_official.py
 """
@@ -163,11 +163,12 @@ def test_summary_says_released_or_names_the_cut_rows():
     assert official.summary_line({"config": other}) is None and other["method"]["protocol"] is None
 
 
-def readme_official_commands() -> list[str]:
-    """The `python run.py ... method=xtf_official ...` lines of the README's fenced bash blocks."""
-    text = (ROOT / "README.md").read_text()
+def docs_official_commands() -> list[str]:
+    """The `python run.py ... method=xtf_official ...` lines of the fenced bash blocks of the docs (docs/**/*.md: the
+    XTF page, docs/methods/xtf.md) and of the README."""
+    texts = [p.read_text() for p in sorted((ROOT / "docs").rglob("*.md"))] + [(ROOT / "README.md").read_text()]
     lines = []
-    for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
+    for block in re.findall(r"```bash\n(.*?)```", "\n".join(texts), flags=re.S):
         for line in block.splitlines():
             command = line.split("#", 1)[0].strip()
             if command.startswith("python run.py") and "method=xtf_official" in command:
@@ -175,13 +176,13 @@ def readme_official_commands() -> list[str]:
     return lines
 
 
-def test_the_readme_has_official_commands():
-    assert len(readme_official_commands()) >= 2
+def test_the_docs_have_official_commands():
+    assert len(docs_official_commands()) >= 2
 
 
-@pytest.mark.parametrize("command", readme_official_commands())
-def test_readme_official_command_composes_as_written(command, caplog):
-    """Each README command for the official method, as written: Hydra accepts it (the old README's
+@pytest.mark.parametrize("command", docs_official_commands())
+def test_docs_official_command_composes_as_written(command, caplog):
+    """Each documented command for the official method, as written: Hydra accepts it (the old README's
     task.options.format=released was refused without a `+`), and it validates as the released protocol (the full
     run of the first one, on the fixture rows: tests/test_faithful.py::test_run_py_masks_are_the_released_masks)."""
     argv = shlex.split(command)[2:]

@@ -1,6 +1,6 @@
-"""The README's "Your own data" section works as written: its bash block runs line by line (with `xtf` and
-`xtf-export` from the environment, in a fresh folder that has the checkout's examples/), then its Python block
-trains with TRL on the exported folder — the one change: the Hub id of the model becomes the local converted
+"""The "Your own data" page (docs/own-data.md) works as written: its first bash block runs line by line (with `xtf` and
+`xtf-export` from the environment, in a fresh folder that has the checkout's examples/), then its first Python
+block trains with TRL on the exported folder — the one change: the Hub id of the model becomes the local converted
 SmolLM2 folder, since the Hub is unreachable here. Marked `real` (SmolLM2-135M on a CPU: minutes).
 
     make test-real
@@ -20,11 +20,12 @@ from conftest import IN_CI, ROOT
 
 pytestmark = pytest.mark.real
 HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+PAGE = ROOT / "docs" / "own-data.md"
 
 
 def section() -> str:
-    text = (ROOT / "README.md").read_text()
-    return text.split("\n## Your own data\n", 1)[1].split("\n## ", 1)[0]
+    """The page above its first `## ` heading (the Export section below it has a Python block of its own)."""
+    return PAGE.read_text().split("\n## ", 1)[0]
 
 
 def bash_commands() -> list[str]:
