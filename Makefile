@@ -17,10 +17,10 @@ ifneq ($(wildcard ../shared/data),)
 export XTF_DATA_DIR ?= $(abspath ../shared/data)
 endif
 
-.PHONY: install install-bench run test test-real test-slow test-gpu lint bench-scoring bench-run bench-scale bench-train bench-noise bench-noise-real sweep plan tables clean help
+.PHONY: install install-bench run test test-real test-slow test-gpu lint bench-scoring bench-run bench-scale bench-train bench-noise bench-noise-real sweep plan tables docs clean help
 
 help:
-	@echo "make install | run | test | test-real | test-slow | test-gpu | lint | bench-scoring | bench-run | bench-scale | bench-train | bench-noise | bench-noise-real | sweep | plan | tables | clean"
+	@echo "make install | run | test | test-real | test-slow | test-gpu | lint | bench-scoring | bench-run | bench-scale | bench-train | bench-noise | bench-noise-real | sweep | plan | tables | docs | clean"
 
 # PYTHONWARNINGS=ignore on the editable install: setuptools' editable-mode notice says nothing to act on.
 $(STAMP): pyproject.toml constraints.txt requirements-models.txt
@@ -107,6 +107,12 @@ plan: install
 # Every table (experiments/*.yaml) that has complete runs, from the local records only → results/tables/.
 tables: install
 	$(PY) -m xtf.experiment --tables $(ARGS)
+
+# The documentation site (mkdocs.yml, docs/): --strict fails on a broken link, anchor or snippet. Browse it with
+# `$(PY) -m mkdocs serve`; tests/test_docs.py builds it too.
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --site-dir .cache/site
+	@echo "docs: .cache/site/index.html"
 
 clean:
 	rm -rf outputs .cache .pytest_cache multirun wandb
