@@ -2,7 +2,7 @@
 
     python -m xtf.explain <run dir>          # writes <run dir>/explain/index.html (+ hist_<attr>.png)
 
-Reads two files that the pipeline writes into the run dir:
+Reads two files that the pipeline writes into the run dir (xtf.explain_inputs.write_inputs):
 
 - `token_samples.jsonl`, one line per sample shown: {id, tokens (decoded text per token, aligned to input_ids),
   response_mask, keep, scores: {attr: [float|null]}, noisy: {attr: [0|1]}, truth (optional): {type: [0|1]},
@@ -18,6 +18,9 @@ are struck through and underlined in red, and the hover title gives every score,
 injected-noise label when the synthetic task provides one; protected tokens (the answer format) are outlined in
 green. Colour = score decile among the answer tokens on the page, oriented so that the warm end is the side where
 the attribute calls a token noise.
+
+The page is a jinja2 template with autoescape on (xtf/templates/explain/report.html.j2, with report.css and
+report.js, package data); this module turns the two files into the plain values the template shows.
 """
 
 from __future__ import annotations
@@ -35,11 +38,15 @@ import jinja2
 import numpy as np
 from markupsafe import Markup
 
-KNOWN_ORDER = ("ri", "kn", "tr")
+# The producer side lives in xtf.explain_inputs; its entry points stay importable from here (xtf.pipeline calls
+# explain.write_inputs, xtf.summary uses most_common_tokens).
+from xtf.explain_inputs import KNOWN_ORDER, most_common_tokens, write_inputs  # noqa: F401
+
 # 10 light colours, index 0 = the "noise" side (warm), 9 = the clean side (cool); dark text stays readable.
 PALETTE = ("#f4a582", "#f7b799", "#f9c9b0", "#fbdbc8", "#fdeee3", "#eef3f8", "#dde9f3", "#cbdfee", "#b9d4e9",
            "#a7cae4")
 NBINS = len(PALETTE)
+
 
 def _slug(name: str) -> str:
     return re.sub(r"[^a-z0-9_]", "_", name.lower())
@@ -205,130 +212,6 @@ def _legend_view(a: str, label: str, direction: str, edges: np.ndarray, vals: np
     return view
 
 
-SELECTED = "selected"  # online methods: each token's share of training steps in which it was selected
-ATTRIBUTE_LABELS = {"ri": "reasoning importance (RI)", "kn": "knowledge novelty (KN, PCP)", "tr": "task relevance (TR)",
-                    SELECTED: "selected during training (share of the row's steps)"}
-DIRECTIONS = {"ri": "below", "kn": "above", "tr": "interval", SELECTED: "below"}
-
-
-def detection_table(detection: dict) -> dict:
-    """The nested detection report as rows (overall, each noise type) × flat, rounded columns for the page."""
-    table = {}
-    for kind, entry in detection.items():
-        row = {"noise tokens": entry.get("n_noise_tokens")}
-        for name, value in entry.items():
-            if not isinstance(value, dict):
-                continue
-            for metric, short in (("auroc", "AUROC"), ("precision", "P"), ("recall", "R"), ("f1", "F1")):
-                if value.get(metric) is not None:
-                    row[f"{name} {short}"] = round(value[metric], 3)
-        table[kind] = row
-    return table
-
-
-def most_common_tokens(rows: list[dict], flags: list, tokenizer, top: int = 15) -> list[list]:
-    """[[token text (repr, so "\\n" and " " are visible), times flagged, share of that token's answer
-    occurrences flagged], ...] for the `top` most often flagged token ids over all rows: a rule that collapses
-    onto EOS or " =" shows up here at once."""
-    flagged: dict[int, int] = {}
-    seen: dict[int, int] = {}
-    for row, f in zip(rows, flags):
-        ids = np.asarray(row["input_ids"])
-        for t in ids[np.asarray(row["response_mask"], bool)]:
-            seen[int(t)] = seen.get(int(t), 0) + 1
-        for t in ids[np.asarray(f, bool)]:
-            flagged[int(t)] = flagged.get(int(t), 0) + 1
-    order = sorted(flagged, key=lambda t: (-flagged[t], t))[:top]
-    return [[repr(tokenizer.decode([t])), flagged[t], round(flagged[t] / max(seen.get(t, 0), 1), 3)] for t in order]
-
-
-def write_inputs(run_dir: Path, rows: list[dict], tokenizer, keeps: list, noisy: dict, scores: dict, mask_stats: dict,
-                 header: dict, detection: dict | None = None, n_samples: int = 30,
-                 selection: dict | None = None) -> None:
-    """The producer side: token_samples.jsonl (the first `n_samples` rows) and score_summary.json (histograms over
-    ALL answer tokens, thresholds from the mask rule), in the formats documented at the top of this module.
-    `selection` (an online method's xtf.online.selection_shares): each token's share of training steps in which
-    it was selected becomes the "selected" score of the page, and selection.npz (share per token, visits per
-    row, flat with row lengths) is saved with the run."""
-    from xtf.cache import atomic_write_text
-
-    attrs = [a for a in KNOWN_ORDER if a in noisy]
-    if selection is not None:
-        scores = {**scores, SELECTED: selection["share"]}
-        lengths = [len(s) for s in selection["share"]]
-        final = Path(run_dir) / "selection.npz"
-        part = final.with_name(f".{final.name}.{os.getpid()}.part")  # whole or absent: renamed when written
-        with open(part, "wb") as f:
-            np.savez(f, share=np.concatenate(selection["share"]) if lengths else np.zeros(0), lengths=lengths,
-                     visits=np.asarray(selection["visits"]))
-        os.replace(part, final)
-    lines = []
-    for i, row in enumerate(rows[:n_samples]):
-        answer = np.asarray(row["response_mask"], bool)
-
-        def per_token(values, answer=answer):
-            return [round(float(v), 5) if a and math.isfinite(float(v)) else None for v, a in zip(values, answer)]
-
-        lines.append(json.dumps({
-            "id": row["id"],
-            "tokens": [tokenizer.decode([t]) for t in row["input_ids"]],
-            "response_mask": answer.astype(int).tolist(),
-            "keep": np.asarray(keeps[i]).astype(int).tolist(),
-            "scores": {a: per_token(scores[a][i]) for a in attrs + ([SELECTED] if selection is not None else [])},
-            "noisy": {a: np.asarray(noisy[a][i]).astype(int).tolist() for a in attrs},
-            **({"truth": {k: np.asarray(v).astype(int).tolist() for k, v in row["truth"].items()}}
-               if "truth" in row else {}),
-            **({"protected": np.asarray(row["protected"]).astype(int).tolist()}
-               if "protected" in row and "protected_tokens" in mask_stats else {}),  # the switch was on
-        }))
-    atomic_write_text(Path(run_dir) / "token_samples.jsonl", "\n".join(lines) + "\n")
-    rule = mask_stats.get("rule", {})
-    summary_attrs = {}
-    for a in attrs:
-        vals = np.concatenate([np.asarray(v)[np.asarray(r["response_mask"], bool)] for v, r in zip(scores[a], rows)])
-        vals = vals[np.isfinite(vals)]
-        counts, edges = np.histogram(vals, bins=40) if vals.size else (np.zeros(0), np.zeros(0))
-        entry = {"label": ATTRIBUTE_LABELS[a], "direction": DIRECTIONS[a], "threshold": None, "thresholds": None,
-                 "interval": None, "histogram": {"counts": counts.tolist(), "edges": edges.tolist()},
-                 "noisy_fraction": mask_stats.get(f"noisy_fraction_{a}")}
-        info = rule.get(a, {})
-        if a == "kn":
-            entry["threshold"] = info.get("threshold")
-        elif a == "ri":
-            entry["thresholds"] = info.get("fence_quantiles")
-            entry["note"] = f"per-sample Tukey fences (k = {info.get('k')}): 10/50/90 % quantiles"
-        elif "threshold" in info:  # the released rule: one cut, below it is noise
-            entry["threshold"] = info.get("threshold")
-            entry["note"] = "the released code's Multi-Otsu class choice (over every token occurrence)"
-        else:
-            entry["thresholds"] = info.get("cuts")
-            entry["interval"] = info.get("interval")
-            entry["note"] = "Multi-Otsu cut points; the shaded cluster is noise"
-        entry["flagged"] = mask_stats.get(f"noisy_tokens_{a}")
-        entry["most_flagged"] = most_common_tokens(rows, noisy[a], tokenizer)
-        summary_attrs[a] = entry
-    if selection is not None:
-        vals = np.concatenate([np.asarray(v)[np.asarray(r["response_mask"], bool)]
-                               for v, r in zip(scores[SELECTED], rows)])
-        vals = vals[np.isfinite(vals)]
-        counts, edges = np.histogram(vals, bins=20, range=(0, 1)) if vals.size else (np.zeros(0), np.zeros(0))
-        summary_attrs[SELECTED] = {"label": ATTRIBUTE_LABELS[SELECTED], "direction": DIRECTIONS[SELECTED],
-                                   "threshold": None, "thresholds": None, "interval": None,
-                                   "histogram": {"counts": counts.tolist(), "edges": edges.tolist()},
-                                   "noisy_fraction": None, "note": "online selection, accumulated during training"}
-    most_masked = mask_stats.get("most_masked")  # xtf.summary.most_masked, when the pipeline computed it already
-    if most_masked is None:
-        masked = [np.asarray(r["response_mask"], bool) & ~np.asarray(k, bool) for r, k in zip(rows, keeps)]
-        most_masked = most_common_tokens(rows, masked, tokenizer)
-    summary = {**header, "kept_fraction": mask_stats["kept_fraction"], "attributes": summary_attrs,
-               "most_masked": most_masked}
-    if "overlaps" in mask_stats:
-        summary["overlaps"] = mask_stats["overlaps"]
-    if detection:
-        summary["detection"] = detection_table(detection)
-    atomic_write_text(Path(run_dir) / "score_summary.json", json.dumps(summary, indent=1))
-
-
 def write_report(run_dir: Path) -> Path:
     """Write <run_dir>/explain/index.html and hist_<attr>.png; return the HTML path. The folder is written beside
     (.explain-<pid>) and renamed into place when whole: a full disk or a kill leaves the previous report or none,
@@ -398,6 +281,7 @@ def _most_flagged_view(summary: dict, attrs: list[str], labels: dict, info: dict
 
 
 def _write_report(run_dir: Path, out: Path) -> None:
+    """Render the run's page and its histograms into the folder `out` (write_report renames it into place)."""
     summary, samples = load_run(run_dir)
     out.mkdir(parents=True, exist_ok=True)
     info = summary.get("attributes") or {}
