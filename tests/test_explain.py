@@ -208,3 +208,60 @@ def test_renders_in_headless_chromium(tmp_path):
     # JS ran: the page's script marks <body>
     r = run_chromium(["--dump-dom", url], tmp_path / "profile2")
     assert r.returncode == 0 and 'data-js="1"' in r.stdout, r.stderr[-2000:]
+
+
+class Elements(HTMLParser):
+    """Every element's (tag, attributes) and the text of <script> elements, as a browser would parse the page."""
+
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.elements: list[tuple[str, dict]] = []
+        self.scripts: list[str] = []
+        self.in_script = False
+
+    def handle_starttag(self, tag, attrs):
+        self.elements.append((tag, dict(attrs)))
+        self.in_script = tag == "script"
+        if self.in_script:
+            self.scripts.append("")
+
+    def handle_endtag(self, tag):
+        self.in_script = False
+
+    def handle_data(self, data):
+        if self.in_script:
+            self.scripts[-1] += data
+
+
+def test_run_data_is_escaped_everywhere(tmp_path):
+    """Text from the run's files (tokens, ids, labels, notes, table keys) cannot add markup to the page: the
+    template's autoescape turns <, >, & and both quotes into entities, in text and in attribute values."""
+    evil = "<script>alert(\"x\")</script> & 'q' \" onmouseover=\"alert(2)"
+    run = make_run(tmp_path / "run")
+    lines = [json.loads(line) for line in (run / "token_samples.jsonl").read_text().splitlines()]
+    for s in lines:
+        s["id"] = evil
+        s["tokens"][len(PROMPT)] = evil  # an answer token: its text and its hover title (via the label) carry it
+        s["tokens"][1] = evil  # a prompt token
+    (run / "token_samples.jsonl").write_text("".join(json.dumps(s) + "\n" for s in lines))
+    summary = json.loads((run / "score_summary.json").read_text())
+    summary["run_id"] = evil
+    summary["attributes"]["ri"]["label"] = evil
+    summary["attributes"]["ri"]["note"] = evil
+    summary["most_masked"] = [[evil, 3, 0.5]]
+    summary["detection"] = {evil: {evil: 1.0}}
+    (run / "score_summary.json").write_text(json.dumps(summary))
+    html = explain.write_report(run).read_text()
+    assert "<script>alert" not in html and 'onmouseover="' not in html
+    assert "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt; &amp; &#39;q&#39;" in html
+    parsed = Elements()
+    parsed.feed(html)
+    assert [tag for tag, _ in parsed.elements].count("script") == 1  # the page's own script, nothing else
+    assert "alert" not in parsed.scripts[0]
+    assert not [a for _, attrs in parsed.elements for a in attrs if a.startswith("on")]  # no handler injected
+    spans = parse(html)
+    for sample, sp in zip(lines, spans):
+        assert [s["text"] for s in sp] == sample["tokens"]  # the text reads back exactly as the run wrote it
+        assert sp[len(PROMPT)]["title"].startswith(evil + ": ")  # the label, whole, inside the title attribute
+    figure = [a for tag, a in parsed.elements if tag == "img" and a["src"] == "hist_ri.png"]
+    assert figure and figure[0]["alt"] == f"histogram of {evil}"

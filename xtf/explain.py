@@ -2,7 +2,7 @@
 
     python -m xtf.explain <run dir>          # writes <run dir>/explain/index.html (+ hist_<attr>.png)
 
-Reads two files that the pipeline writes into the run dir:
+Reads two files that the pipeline writes into the run dir (xtf.explain_inputs.write_inputs):
 
 - `token_samples.jsonl`, one line per sample shown: {id, tokens (decoded text per token, aligned to input_ids),
   response_mask, keep, scores: {attr: [float|null]}, noisy: {attr: [0|1]}, truth (optional): {type: [0|1]},
@@ -18,55 +18,34 @@ are struck through and underlined in red, and the hover title gives every score,
 injected-noise label when the synthetic task provides one; protected tokens (the answer format) are outlined in
 green. Colour = score decile among the answer tokens on the page, oriented so that the warm end is the side where
 the attribute calls a token noise.
+
+The page is a jinja2 template with autoescape on (xtf/templates/explain/report.html.j2, with report.css and
+report.js, package data); this module turns the two files into the plain values the template shows.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
 import re
 import shutil
-from html import escape
 from pathlib import Path
 
+import jinja2
 import numpy as np
+from markupsafe import Markup
 
-KNOWN_ORDER = ("ri", "kn", "tr")
+# The producer side lives in xtf.explain_inputs; its entry points stay importable from here (xtf.pipeline calls
+# explain.write_inputs, xtf.summary uses most_common_tokens).
+from xtf.explain_inputs import KNOWN_ORDER, most_common_tokens, write_inputs  # noqa: F401
+
 # 10 light colours, index 0 = the "noise" side (warm), 9 = the clean side (cool); dark text stays readable.
 PALETTE = ("#f4a582", "#f7b799", "#f9c9b0", "#fbdbc8", "#fdeee3", "#eef3f8", "#dde9f3", "#cbdfee", "#b9d4e9",
            "#a7cae4")
 NBINS = len(PALETTE)
-
-CSS = """
-body{font:14px/1.45 "DejaVu Sans","Liberation Sans",sans-serif;color:#222;margin:0;background:#fafafa}
-header{background:#263238;color:#eceff1;padding:14px 24px}header h1{margin:0 0 6px;font-size:19px}
-header .meta{display:flex;flex-wrap:wrap;gap:2px 18px}header .meta span{white-space:nowrap}header b{color:#fff}
-main{padding:12px 24px;max-width:1200px}h2{font-size:16px;margin:18px 0 8px}
-.panel{background:#fff;border:1px solid #ddd;border-radius:6px;padding:10px 14px;margin:10px 0}
-.sticky{position:sticky;top:0;z-index:2;box-shadow:0 2px 6px rgba(0,0,0,.06)}
-.controls label{margin-right:14px;cursor:pointer}body:not([data-js]) .js{display:none}
-.leg{display:none;align-items:center;gap:2px;margin-top:6px;font-size:12px}
-.leg i{width:26px;height:14px;display:inline-block}
-.keys span{margin-right:14px}.hists{display:flex;flex-wrap:wrap;gap:10px}.hists figure{margin:0}
-.hists figcaption{font-size:12px;color:#555;max-width:370px}table{border-collapse:collapse;font-size:12px}
-td,th{border:1px solid #ddd;padding:2px 8px;text-align:right}th{background:#f0f0f0}
-.sample{background:#fff;border:1px solid #ddd;border-radius:6px;margin:12px 0;padding:8px 14px}
-.sample h3{font-size:13px;margin:0 0 6px;color:#37474f;font-weight:normal}.sample h3 b{color:#000}
-.text{font:13px/1.7 "DejaVu Sans Mono","Liberation Mono",monospace;white-space:pre-wrap;word-break:break-word}
-details.prompt{margin-bottom:6px}details.prompt summary{font-size:12px;color:#888;cursor:pointer}
-.p{color:#9e9e9e;font-size:11px}.a{border-radius:2px;box-shadow:inset -1px 0 0 #fff}
-.m{text-decoration:line-through;text-decoration-color:#333;
-box-shadow:inset 0 -2px 0 #d32f2f,inset -1px 0 0 #fff;opacity:.85}
-body.show-truth .gt{outline:1px dashed #6a1b9a;outline-offset:-1px}.pr{outline:2px solid #2e7d32;outline-offset:-2px}
-.nl::before{content:"\\21b5";color:#b0b0b0;font-size:10px}
-"""
-
-JS = """(function(){var b=document.body;b.setAttribute('data-js','1');
-document.querySelectorAll('input[name=colour]').forEach(function(r){r.addEventListener('change',function(){
-b.setAttribute('data-colour',r.value);});});var t=document.getElementById('show-truth');
-if(t){t.addEventListener('change',function(){b.classList.toggle('show-truth',t.checked);});}})();"""
 
 
 def _slug(name: str) -> str:
@@ -163,33 +142,30 @@ def plot_histogram(attr: str, info: dict, out: Path) -> bool:
     return True
 
 
-def _table(d: dict) -> str:
+def _table_view(d: dict) -> dict:
     """A dict as a table: nested dicts become rows × columns, scalars a two-column list."""
     if d and all(isinstance(v, dict) for v in d.values()):
         cols = list(dict.fromkeys(k for v in d.values() for k in v))
-        head = "".join(f"<th>{escape(str(c))}</th>" for c in cols)
-        rows = "".join(f"<tr><th>{escape(str(k))}</th>" + "".join(f"<td>{escape(_fmt(v.get(c)))}</td>" for c in cols)
-                       + "</tr>" for k, v in d.items())
-        return f"<table><tr><th></th>{head}</tr>{rows}</table>"
-    return "<table>" + "".join(f"<tr><th>{escape(str(k))}</th><td>{escape(_fmt(v))}</td></tr>"
-                               for k, v in d.items()) + "</table>"
+        return {"columns": [str(c) for c in cols],
+                "rows": [(str(k), [_fmt(v.get(c)) for c in cols]) for k, v in d.items()]}
+    return {"columns": None, "rows": [(str(k), [_fmt(v)]) for k, v in d.items()]}
 
 
-def _token_span(s: dict, t: int, attrs: list[str], labels: dict, bins: dict) -> str:
+def _token_view(s: dict, t: int, attrs: list[str], labels: dict, bins: dict) -> dict:
+    """One token's span: {text, cls (space-separated classes), title (the hover text, one fact a line)}."""
     tok = s["tokens"][t]
-    text = escape(tok, quote=True)
-    nl = " nl" if "\n" in tok else ""
+    nl = " nl" if "\n" in tok else ""  # .nl draws a ↵ before a token holding a line break
     if not s["response_mask"][t]:
-        return f'<span class="p{nl}" title="prompt / context (never trained)">{text}</span>'
+        return {"text": tok, "cls": f"p{nl}", "title": "prompt / context (never trained)"}
+    n = len(s["tokens"])
     scores, noisy, truth = s.get("scores") or {}, s.get("noisy") or {}, s.get("truth") or {}
     lines = []
     for a in attrs:
-        v = scores.get(a, [None] * len(s["tokens"]))[t]
         flag = " (noisy)" if noisy.get(a) and noisy[a][t] else ""
-        lines.append(f"{labels[a]}: {_fmt(v)}{flag}")
+        lines.append(f"{labels[a]}: {_fmt(scores.get(a, [None] * n)[t])}{flag}")
     flagged = [labels[a] for a in attrs if noisy.get(a) and noisy[a][t]]
-    cls = ["a"] + [f"c-{_slug(a)}-{_bin(scores.get(a, [None] * len(s['tokens']))[t], *bins[a])}" for a in attrs]
-    if (s.get("protected") or [0] * len(s["tokens"]))[t]:
+    cls = ["a"] + [f"c-{_slug(a)}-{_bin(scores.get(a, [None] * n)[t], *bins[a])}" for a in attrs]
+    if (s.get("protected") or [0] * n)[t]:
         cls.append("pr")
         lines.append("protected: the task's answer format, never masked (method.protect_answer)")
     if s["keep"][t]:
@@ -203,177 +179,37 @@ def _token_span(s: dict, t: int, attrs: list[str], labels: dict, bins: dict) -> 
         lines.append("truth: " + (", ".join(types) + " (injected noise)" if types else "clean"))
         if types:
             cls.append("gt")
-    title = escape("\n".join(lines), quote=True)
-    return f'<span class="{" ".join(cls)}{nl}" title="{title}">{text}</span>'
+    return {"text": tok, "cls": " ".join(cls) + nl, "title": "\n".join(lines)}
 
 
-def _sample_html(s: dict, attrs: list[str], labels: dict, bins: dict) -> str:
+def _sample_view(s: dict, attrs: list[str], labels: dict, bins: dict) -> dict:
+    """One sample: {id, facts (the heading after the id), prompt and answer (token views; the prompt is every
+    token before the first answer token)}."""
     n = len(s["tokens"])
     resp = [bool(r) for r in s["response_mask"]]
     n_ans = sum(resp)
     n_kept = sum(1 for r, k in zip(resp, s["keep"]) if r and k)
-    facts = [f"<b>{escape(str(s.get('id', '?')))}</b>", f"{n_ans} answer tokens",
-             f"kept {n_kept} ({n_kept / n_ans:.0%})" if n_ans else "no answer tokens"]
+    facts = [f"{n_ans} answer tokens", f"kept {n_kept} ({n_kept / n_ans:.0%})" if n_ans else "no answer tokens"]
     for a in attrs:
         flags = (s.get("noisy") or {}).get(a)
         if flags:
-            facts.append(f"{escape(labels[a])} flagged {sum(1 for r, f in zip(resp, flags) if r and f)}")
-    for k, v in (s.get("truth") or {}).items():
-        facts.append(f"injected {escape(k)}: {sum(v)}")
+            facts.append(f"{labels[a]} flagged {sum(1 for r, f in zip(resp, flags) if r and f)}")
+    facts += [f"injected {k}: {sum(v)}" for k, v in (s.get("truth") or {}).items()]
     first = next((t for t in range(n) if resp[t]), n)
-    spans = [_token_span(s, t, attrs, labels, bins) for t in range(n)]
-    prompt = ""
-    if first:
-        prompt = (f'<details class="prompt"><summary>prompt ({first} tokens, context only)</summary>'
-                  f'<div class="text">{"".join(spans[:first])}</div></details>')
-    return (f'<section class="sample"><h3>{" · ".join(facts)}</h3>{prompt}'
-            f'<div class="text">{"".join(spans[first:])}</div></section>')
+    tokens = [_token_view(s, t, attrs, labels, bins) for t in range(n)]
+    return {"id": str(s.get("id", "?")), "facts": facts, "prompt": tokens[:first], "answer": tokens[first:]}
 
 
-def _colour_css(attrs: list[str]) -> str:
-    rules = []
-    for a in attrs:
-        sel = f'body[data-colour="{_slug(a)}"]'
-        rules += [f"{sel} .c-{_slug(a)}-{i}{{background:{c}}}" for i, c in enumerate(PALETTE)]
-        rules.append(f"{sel} .c-{_slug(a)}-na{{background:repeating-linear-gradient(45deg,#eee 0 3px,#fff 3px 6px)}}")
-        rules.append(f'{sel} .leg[data-for="{_slug(a)}"]{{display:flex}}')
-    return "\n".join(rules)
-
-
-def _legend(a: str, label: str, direction: str, edges: np.ndarray, vals: np.ndarray) -> str:
-    if vals.size == 0:
-        return f'<div class="leg" data-for="{_slug(a)}">{escape(label)}: no scores on this page</div>'
-    bounds = [float(vals.min()), *edges.tolist(), float(vals.max())]
-    order = range(NBINS - 1, -1, -1) if direction == "above" else range(NBINS)
-    sw = "".join(f'<i style="background:{PALETTE[c]}" title="{bounds[i]:.4g} – {bounds[i + 1]:.4g}"></i>'
-                 for i, c in enumerate(order))
-    return (f'<div class="leg" data-for="{_slug(a)}">{escape(label)}: low {bounds[0]:.4g} {sw} '
-            f'{bounds[-1]:.4g} high &nbsp;(score deciles on this page; warm = the side where it is noise: '
-            f'"{escape(direction)}")</div>')
-
-
-SELECTED = "selected"  # online methods: each token's share of training steps in which it was selected
-ATTRIBUTE_LABELS = {"ri": "reasoning importance (RI)", "kn": "knowledge novelty (KN, PCP)", "tr": "task relevance (TR)",
-                    SELECTED: "selected during training (share of the row's steps)"}
-DIRECTIONS = {"ri": "below", "kn": "above", "tr": "interval", SELECTED: "below"}
-
-
-def detection_table(detection: dict) -> dict:
-    """The nested detection report as rows (overall, each noise type) × flat, rounded columns for the page."""
-    table = {}
-    for kind, entry in detection.items():
-        row = {"noise tokens": entry.get("n_noise_tokens")}
-        for name, value in entry.items():
-            if not isinstance(value, dict):
-                continue
-            for metric, short in (("auroc", "AUROC"), ("precision", "P"), ("recall", "R"), ("f1", "F1")):
-                if value.get(metric) is not None:
-                    row[f"{name} {short}"] = round(value[metric], 3)
-        table[kind] = row
-    return table
-
-
-def most_common_tokens(rows: list[dict], flags: list, tokenizer, top: int = 15) -> list[list]:
-    """[[token text (repr, so "\\n" and " " are visible), times flagged, share of that token's answer
-    occurrences flagged], ...] for the `top` most often flagged token ids over all rows: a rule that collapses
-    onto EOS or " =" shows up here at once."""
-    flagged: dict[int, int] = {}
-    seen: dict[int, int] = {}
-    for row, f in zip(rows, flags):
-        ids = np.asarray(row["input_ids"])
-        for t in ids[np.asarray(row["response_mask"], bool)]:
-            seen[int(t)] = seen.get(int(t), 0) + 1
-        for t in ids[np.asarray(f, bool)]:
-            flagged[int(t)] = flagged.get(int(t), 0) + 1
-    order = sorted(flagged, key=lambda t: (-flagged[t], t))[:top]
-    return [[repr(tokenizer.decode([t])), flagged[t], round(flagged[t] / max(seen.get(t, 0), 1), 3)] for t in order]
-
-
-def write_inputs(run_dir: Path, rows: list[dict], tokenizer, keeps: list, noisy: dict, scores: dict, mask_stats: dict,
-                 header: dict, detection: dict | None = None, n_samples: int = 30,
-                 selection: dict | None = None) -> None:
-    """The producer side: token_samples.jsonl (the first `n_samples` rows) and score_summary.json (histograms over
-    ALL answer tokens, thresholds from the mask rule), in the formats documented at the top of this module.
-    `selection` (an online method's xtf.online.selection_shares): each token's share of training steps in which
-    it was selected becomes the "selected" score of the page, and selection.npz (share per token, visits per
-    row, flat with row lengths) is saved with the run."""
-    from xtf.cache import atomic_write_text
-
-    attrs = [a for a in KNOWN_ORDER if a in noisy]
-    if selection is not None:
-        scores = {**scores, SELECTED: selection["share"]}
-        lengths = [len(s) for s in selection["share"]]
-        final = Path(run_dir) / "selection.npz"
-        part = final.with_name(f".{final.name}.{os.getpid()}.part")  # whole or absent: renamed when written
-        with open(part, "wb") as f:
-            np.savez(f, share=np.concatenate(selection["share"]) if lengths else np.zeros(0), lengths=lengths,
-                     visits=np.asarray(selection["visits"]))
-        os.replace(part, final)
-    lines = []
-    for i, row in enumerate(rows[:n_samples]):
-        answer = np.asarray(row["response_mask"], bool)
-
-        def per_token(values, answer=answer):
-            return [round(float(v), 5) if a and math.isfinite(float(v)) else None for v, a in zip(values, answer)]
-
-        lines.append(json.dumps({
-            "id": row["id"],
-            "tokens": [tokenizer.decode([t]) for t in row["input_ids"]],
-            "response_mask": answer.astype(int).tolist(),
-            "keep": np.asarray(keeps[i]).astype(int).tolist(),
-            "scores": {a: per_token(scores[a][i]) for a in attrs + ([SELECTED] if selection is not None else [])},
-            "noisy": {a: np.asarray(noisy[a][i]).astype(int).tolist() for a in attrs},
-            **({"truth": {k: np.asarray(v).astype(int).tolist() for k, v in row["truth"].items()}}
-               if "truth" in row else {}),
-            **({"protected": np.asarray(row["protected"]).astype(int).tolist()}
-               if "protected" in row and "protected_tokens" in mask_stats else {}),  # the switch was on
-        }))
-    atomic_write_text(Path(run_dir) / "token_samples.jsonl", "\n".join(lines) + "\n")
-    rule = mask_stats.get("rule", {})
-    summary_attrs = {}
-    for a in attrs:
-        vals = np.concatenate([np.asarray(v)[np.asarray(r["response_mask"], bool)] for v, r in zip(scores[a], rows)])
-        vals = vals[np.isfinite(vals)]
-        counts, edges = np.histogram(vals, bins=40) if vals.size else (np.zeros(0), np.zeros(0))
-        entry = {"label": ATTRIBUTE_LABELS[a], "direction": DIRECTIONS[a], "threshold": None, "thresholds": None,
-                 "interval": None, "histogram": {"counts": counts.tolist(), "edges": edges.tolist()},
-                 "noisy_fraction": mask_stats.get(f"noisy_fraction_{a}")}
-        info = rule.get(a, {})
-        if a == "kn":
-            entry["threshold"] = info.get("threshold")
-        elif a == "ri":
-            entry["thresholds"] = info.get("fence_quantiles")
-            entry["note"] = f"per-sample Tukey fences (k = {info.get('k')}): 10/50/90 % quantiles"
-        elif "threshold" in info:  # the released rule: one cut, below it is noise
-            entry["threshold"] = info.get("threshold")
-            entry["note"] = "the released code's Multi-Otsu class choice (over every token occurrence)"
-        else:
-            entry["thresholds"] = info.get("cuts")
-            entry["interval"] = info.get("interval")
-            entry["note"] = "Multi-Otsu cut points; the shaded cluster is noise"
-        entry["flagged"] = mask_stats.get(f"noisy_tokens_{a}")
-        entry["most_flagged"] = most_common_tokens(rows, noisy[a], tokenizer)
-        summary_attrs[a] = entry
-    if selection is not None:
-        vals = np.concatenate([np.asarray(v)[np.asarray(r["response_mask"], bool)]
-                               for v, r in zip(scores[SELECTED], rows)])
-        vals = vals[np.isfinite(vals)]
-        counts, edges = np.histogram(vals, bins=20, range=(0, 1)) if vals.size else (np.zeros(0), np.zeros(0))
-        summary_attrs[SELECTED] = {"label": ATTRIBUTE_LABELS[SELECTED], "direction": DIRECTIONS[SELECTED],
-                                   "threshold": None, "thresholds": None, "interval": None,
-                                   "histogram": {"counts": counts.tolist(), "edges": edges.tolist()},
-                                   "noisy_fraction": None, "note": "online selection, accumulated during training"}
-    most_masked = mask_stats.get("most_masked")  # xtf.summary.most_masked, when the pipeline computed it already
-    if most_masked is None:
-        masked = [np.asarray(r["response_mask"], bool) & ~np.asarray(k, bool) for r, k in zip(rows, keeps)]
-        most_masked = most_common_tokens(rows, masked, tokenizer)
-    summary = {**header, "kept_fraction": mask_stats["kept_fraction"], "attributes": summary_attrs,
-               "most_masked": most_masked}
-    if "overlaps" in mask_stats:
-        summary["overlaps"] = mask_stats["overlaps"]
-    if detection:
-        summary["detection"] = detection_table(detection)
-    atomic_write_text(Path(run_dir) / "score_summary.json", json.dumps(summary, indent=1))
+def _legend_view(a: str, label: str, direction: str, edges: np.ndarray, vals: np.ndarray) -> dict:
+    """The colour scale of one attribute: swatches from the noise side to the clean side, each titled with its
+    score range; no swatches when the page has no scores for it."""
+    view = {"slug": _slug(a), "label": label, "direction": direction, "swatches": []}
+    if vals.size:
+        bounds = [float(vals.min()), *edges.tolist(), float(vals.max())]
+        order = range(NBINS - 1, -1, -1) if direction == "above" else range(NBINS)
+        view["swatches"] = [(PALETTE[c], f"{bounds[i]:.4g} – {bounds[i + 1]:.4g}") for i, c in enumerate(order)]
+        view.update(low=f"{bounds[0]:.4g}", high=f"{bounds[-1]:.4g}")
+    return view
 
 
 def write_report(run_dir: Path) -> Path:
@@ -396,16 +232,23 @@ def write_report(run_dir: Path) -> Path:
     return final / "index.html"
 
 
-def _write_report(run_dir: Path, out: Path) -> None:
-    summary, samples = load_run(run_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    info = summary.get("attributes") or {}
-    attrs = _attributes(summary, samples)
-    labels = {a: (info.get(a) or {}).get("label") or a.upper() for a in attrs}
-    directions = {a: (info.get(a) or {}).get("direction") or "below" for a in attrs}
-    vals = {a: _answer_scores(samples, a) for a in attrs}
-    bins = {a: (_bin_edges(vals[a]), directions[a]) for a in attrs}
+@functools.cache
+def _environment() -> jinja2.Environment:
+    """The page's templates, package data under xtf/templates/explain. autoescape=True for every template (the
+    names end in .j2, which select_autoescape's defaults would not escape)."""
+    return jinja2.Environment(loader=jinja2.PackageLoader("xtf", "templates/explain"), autoescape=True,
+                              trim_blocks=True, lstrip_blocks=True, undefined=jinja2.StrictUndefined)
 
+
+def _static(name: str) -> Markup:
+    """A static file of the page (report.css, report.js), inserted as it is. Markup on purpose: it is the package's
+    own text, never run data, and escaping would break its quotes and > selectors."""
+    env = _environment()
+    return Markup(env.loader.get_source(env, name)[0])
+
+
+def _meta_view(summary: dict, samples: list[dict], attrs: list[str], labels: dict, info: dict) -> list[tuple]:
+    """The header's (key, formatted value) pairs: the run, the kept share and each attribute's noisy share."""
     n_ans = sum(sum(1 for r in s["response_mask"] if r) for s in samples)
     n_kept = sum(sum(1 for r, k in zip(s["response_mask"], s["keep"]) if r and k) for s in samples)
     kept = summary.get("kept_fraction", n_kept / n_ans if n_ans else None)
@@ -414,67 +257,53 @@ def _write_report(run_dir: Path, out: Path) -> None:
     for a in attrs:
         nf = (info.get(a) or {}).get("noisy_fraction")
         meta.append((f"{labels[a]} noisy", f"{nf:.1%}" if isinstance(nf, float | int) else None))
-    header = "".join(f"<span>{escape(k)}: <b>{escape(_fmt(v))}</b></span>" for k, v in meta)
+    return [(k, _fmt(v)) for k, v in meta]
 
-    has_truth = any(s.get("truth") for s in samples)
-    radios = "".join(f'<label><input type="radio" name="colour" value="{_slug(a)}"{" checked" if i == 0 else ""}> '
-                     f"{escape(labels[a])}</label>" for i, a in enumerate(attrs))
-    controls = ""
-    if attrs:
-        controls = (f'<div class="controls"><b>colour by</b> {radios}<label class="js"><input type="radio" '
-                    f'name="colour" value="none"> none</label></div>')
-    if has_truth:
-        controls += ('<div class="controls js"><label><input type="checkbox" id="show-truth" checked> outline '
-                     "injected noise (ground truth)</label></div>")
-    legends = "".join(_legend(a, labels[a], directions[a], bins[a][0], vals[a]) for a in attrs)
-    keys = ('<div class="keys"><span class="text"><span class="a" style="background:#dde9f3">kept</span></span>'
-            '<span class="text"><span class="a m" style="background:#f9c9b0">masked</span></span>'
-            '<span class="text"><span class="p">prompt</span></span>'
-            + ('<span class="text"><span class="a gt" style="outline:1px dashed #6a1b9a">injected noise</span></span>'
-               if has_truth else "")
-            + ('<span class="text"><span class="a pr">protected (answer format)</span></span>'
-               if any(any(s.get("protected") or ()) for s in samples) else "")
-            + "<span>hover a token for its scores and the reason</span></div>")
-    if not attrs:
-        keys += "<p>This method computes no token attributes: every answer token is shown as the method kept it.</p>"
 
-    figs = []
+def _figures_view(out: Path, attrs: list[str], labels: dict, info: dict) -> list[dict]:
+    """Plots hist_<attr>.png into `out` for each attribute with a histogram; their {src, label, caption}."""
+    figures = []
     for a in attrs:
         png = out / f"hist_{_slug(a)}.png"
         if plot_histogram(a, info.get(a) or {}, png):
             note = (info.get(a) or {}).get("note")
-            cap = f"{labels[a]} over all answer tokens" + (f" — {note}" if note else "")
-            figs.append(f'<figure><img src="{png.name}" alt="histogram of {escape(labels[a])}">'
-                        f"<figcaption>{escape(cap)}</figcaption></figure>")
-    extra = ""
-    if figs:
-        extra += f'<h2>Score distributions</h2><div class="panel hists">{"".join(figs)}</div>'
+            caption = f"{labels[a]} over all answer tokens" + (f" — {note}" if note else "")
+            figures.append({"src": png.name, "label": labels[a], "caption": caption})
+    return figures
+
+
+def _most_flagged_view(summary: dict, attrs: list[str], labels: dict, info: dict) -> list[tuple]:
+    """(heading, "token ×times (share), ...") rows: the tokens masked most, then those each attribute flagged most."""
     tops = {"masked (any attribute)": summary.get("most_masked")}
     tops.update({f"{labels[a]} ({(info.get(a) or {}).get('flagged')} flagged)": (info.get(a) or {}).get("most_flagged")
                  for a in attrs})
-    rows_html = "".join(f"<tr><th>{escape(k)}</th><td>"
-                        f"{escape(', '.join(f'{t} ×{n} ({share:.0%})' for t, n, share in v))}</td></tr>"
-                        for k, v in tops.items() if v)
-    if rows_html:
-        extra += ('<h2>Most-masked tokens</h2><div class="panel"><p>token ×times flagged (share of its answer '
-                  f'occurrences)</p><table>{rows_html}</table></div>')
-    for key, title in (("detection", "Detection of injected noise"), ("overlaps", "Overlaps between attributes")):
-        if summary.get(key):
-            extra += f'<h2>{title}</h2><div class="panel">{_table(summary[key])}</div>'
+    return [(k, ", ".join(f"{t} ×{n} ({share:.0%})" for t, n, share in v)) for k, v in tops.items() if v]
 
-    body = "".join(_sample_html(s, attrs, labels, bins) for s in samples)
-    first = _slug(attrs[0]) if attrs else "none"
-    title = f"XTF explanation — {summary.get('run_id', run_dir.name)}"
-    html = f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>{escape(str(title))}</title>
-<style>{CSS}{_colour_css(attrs)}</style></head>
-<body data-colour="{first}"{' class="show-truth"' if has_truth else ""}>
-<header><h1>{escape(str(title))}</h1><div class="meta">{header}</div></header>
-<main><div class="panel sticky">{controls}{legends}{keys}</div>{extra}
-<h2>Samples ({len(samples)})</h2>{body}</main>
-<script>{JS}</script></body></html>
-"""
-    (out / "index.html").write_text(html, encoding="utf-8")
+
+def _write_report(run_dir: Path, out: Path) -> None:
+    """Render the run's page and its histograms into the folder `out` (write_report renames it into place)."""
+    summary, samples = load_run(run_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    info = summary.get("attributes") or {}
+    attrs = _attributes(summary, samples)
+    labels = {a: (info.get(a) or {}).get("label") or a.upper() for a in attrs}
+    directions = {a: (info.get(a) or {}).get("direction") or "below" for a in attrs}
+    vals = {a: _answer_scores(samples, a) for a in attrs}
+    bins = {a: (_bin_edges(vals[a]), directions[a]) for a in attrs}
+    tables = (("detection", "Detection of injected noise"), ("overlaps", "Overlaps between attributes"))
+    page = _environment().get_template("report.html.j2").render(
+        title=f"XTF explanation — {summary.get('run_id', run_dir.name)}",
+        css=_static("report.css"), js=_static("report.js"), palette=PALETTE,
+        attrs=[{"slug": _slug(a), "label": labels[a]} for a in attrs],
+        has_truth=any(s.get("truth") for s in samples),
+        has_protected=any(any(s.get("protected") or ()) for s in samples),
+        meta=_meta_view(summary, samples, attrs, labels, info),
+        legends=[_legend_view(a, labels[a], directions[a], bins[a][0], vals[a]) for a in attrs],
+        figures=_figures_view(out, attrs, labels, info),
+        most_flagged=_most_flagged_view(summary, attrs, labels, info),
+        tables=[(heading, _table_view(summary[key])) for key, heading in tables if summary.get(key)],
+        samples=[_sample_view(s, attrs, labels, bins) for s in samples])
+    (out / "index.html").write_text(page, encoding="utf-8")
 
 
 def main(argv: list[str] | None = None) -> None:
