@@ -1,7 +1,8 @@
 """Figures a researcher would put in a paper (xtf.plots), each rendered from synthetic records of the committed
 spec: a PNG of sensible size that is not blank, every legend and text inside the figure, no legend over the
 data; a zero bar visibly zero and labelled, a missing cell "—", never a bar; error bars = std over seeds; panels
-without runs left out; pass@k panels share axes; trade-off points joined in x order."""
+without runs left out; pass@k panels share axes; trade-off points joined in x order; stand-in runs named by the
+model that ran; an answer NLL axis around its data; a colour per method, the same in every figure."""
 
 import matplotlib
 
@@ -115,7 +116,9 @@ def test_passk_panels_share_axes_and_identical_stand_in_panels_are_drawn_once():
     same = lambda cell, seed: "/".join(v for k, v in spec["points"][cell].items() if k != "model") + f"-{seed}"  # noqa: E731
     fig = figure(spec, _records(spec, lambda i, cell, seed: 0.0, seeds=(0,), run_id=same))
     axes = [ax for ax in fig.axes if ax.get_visible()]
-    assert len(axes) == 2 and all("7 labels, same runs" in ax.get_title() for ax in axes)
+    # drawn once, named by the model that ran (tiny), not by the paper models' names alone
+    assert len(axes) == 2 and all(ax.get_title().endswith("model = tiny\n(stand-in for r1_qwen_1_5b … mistral_7b, "
+                                                          "7 models)") for ax in axes)
     assert axes[0].get_shared_y_axes().joined(axes[0], axes[1])
     assert _texts(fig).count("every series is 0 at every k") == 2
     assert [t.get_text() for t in fig.legends[0].get_texts()] == spec["labels"]["method"]
@@ -137,3 +140,72 @@ def test_tradeoff_points_joined_in_x_order_with_error_bars():
     assert ax.get_legend() is None and fig.legends  # one legend for the figure, outside the data
     _check_layout(fig)
     plt.close(fig)
+
+
+def _stand_in_table1():
+    """table1's SmolLM2 stand-in as recorded: every model but r1_qwen_14b runs the same runs (CA is r1_qwen_14b's)."""
+    spec = _spec("table1", stand_in=True)
+    same = lambda cell, seed: "/".join(v for k, v in spec["points"][cell].items()   # noqa: E731
+                                       if k != "model" or v == "r1_qwen_14b") + f"-{seed}"
+    return spec, _records(spec, lambda i, cell, seed: 0.3 + 0.01 * (i % 8), run_id=same)
+
+
+def test_a_stand_in_legend_fits_the_saved_figure_and_labels_name_the_model_that_ran(tmp_path):
+    spec, records = _stand_in_table1()
+    fig = figure(spec, records)
+    _check_layout(fig)   # the 8-method legend within the figure (it was cut at both sides)
+    (legend,) = fig.legends
+    width = legend.get_window_extent(fig.canvas.get_renderer()).width * 130 / fig.dpi   # pixels at the PNG's dpi
+    ticks = {t.get_text() for ax in fig.axes for t in ax.get_xticklabels()}
+    assert ticks == {"smollm2_135m\n(stand-in for llama31_8b, mistral_7b, r1_qwen_7b)",
+                     "smollm2_135m\n(stand-in for r1_qwen_14b)"}, ticks
+    plt.close(fig)
+    image = plt.imread(plot(spec, records, tmp_path / "t1.png"))
+    assert image.shape[1] >= width and (image[-40:, :, :3] < 0.9).any()   # the legend's row is in the PNG
+
+
+def test_an_answer_nll_axis_spans_its_data_and_an_accuracy_axis_starts_at_zero():
+    spec = _spec("all_methods")
+    records = _records(spec, lambda i, cell, seed: 1.30 + 0.01 * i + 0.002 * seed)
+    fig = figure(spec, records)
+    (ax,) = [a for a in fig.axes if a.get_visible()]
+    low, high = ax.get_ylim()
+    bars = [b for b in ax.patches if b.get_height()]
+    assert 1.0 < low < min(b.get_height() for b in bars) - 0.002 and high > max(b.get_height() for b in bars) + 0.002
+    assert "axis not from 0" in ax.get_ylabel()
+    plt.close(fig)
+    spec = _spec("noise_benchmark")   # accuracy: a share, 0 is its natural baseline
+    fig = figure(spec, _records(spec, lambda i, cell, seed: 0.4 + 0.01 * i))
+    assert fig.axes[0].get_ylim()[0] == 0 and "axis" not in fig.axes[0].get_ylabel()
+    plt.close(fig)
+
+
+def _bar_colours(fig) -> dict[str, tuple]:
+    """{legend label: (face colour, hatch)} of a bar figure."""
+    legend = fig.legends[0]
+    return {t.get_text(): (tuple(h.get_facecolor()), h.get_hatch() or "")
+            for t, h in zip(legend.get_texts(), legend.legend_handles) if hasattr(h, "get_hatch")}
+
+
+def test_bars_have_a_colour_per_method_the_same_in_every_figure_with_a_legend():
+    spec = _spec("all_methods")
+    fig = figure(spec, _records(spec, lambda i, cell, seed: 1.3 + 0.01 * i))
+    colours = _bar_colours(fig)
+    assert list(colours) == list(spec["cells"]) and len({c for c, _ in colours.values()}) == len(colours)
+    (ax,) = [a for a in fig.axes if a.get_visible()]
+    assert len({tuple(b.get_facecolor()) for b in ax.patches}) == len(spec["cells"])   # not one colour for all
+    plt.close(fig)
+    spec1 = _spec("table1")   # hue = method: its labels have the same colours as all_methods' of the same method
+    fig1 = figure(spec1, _records(spec1, lambda i, cell, seed: 0.3))
+    colours1 = _bar_colours(fig1)
+    for label in ("Normal", "XTF", "SLM", "TC", "DF", "DA"):
+        assert colours1[label] == colours[label], label
+    plt.close(fig1)
+    spec2 = _spec("noise_benchmark")   # labels that ran the same method: its colour, told apart by hatch
+    fig2 = figure(spec2, _records(spec2, lambda i, cell, seed: 0.3))
+    colours2 = _bar_colours(fig2)
+    assert colours2["normal"][0] == colours2["normal (clean data)"][0] == colours["Normal"][0]
+    assert colours2["normal"][1] != colours2["normal (clean data)"][1]
+    xtfs = [v for k, v in colours2.items() if k.startswith("xtf")]
+    assert len({c for c, _ in xtfs}) == 1 and len({h for _, h in xtfs}) == len(xtfs) == 4
+    plt.close(fig2)

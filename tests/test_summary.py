@@ -163,3 +163,42 @@ def test_paired_lines_say_what_cannot_be_paired_in_a_folder(tmp_path):
     text = "\n".join(compare_lines(tmp_path, baseline="normal"))
     assert "  not paired: m, gsm8k, lora, xtf seed 0 has 2 runs in" in text and "ambiguous" in text
     assert "answer NLL: not paired: cannot pair xtf with normal: no seed in common" in text
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# A sweep: runs that share model, task, method and seed are told apart by the config keys that vary between them
+
+def _sweep_record(folder, name, method, config, run_id=None):
+    record = {**OFFLINE, "method": method, "run_id": run_id or name,
+              "config": {"seed": 0, "experiment": name, "paths": {"results_dir": f"/somewhere/{name}"},
+                         "method": {"name": method, **config}, "train": {"lr": 0.001}}}
+    (folder / name).mkdir()
+    (folder / name / "results.json").write_text(json.dumps(record))
+
+
+def test_compare_lines_show_the_config_keys_that_vary_within_a_sweep(tmp_path):
+    for i, threshold in enumerate([0.95, 0.5, 10]):
+        _sweep_record(tmp_path, f"x{i}", "xtf", {"kn": {"threshold": threshold}, "attributes": ["kn"]})
+    _sweep_record(tmp_path, "n", "normal", {"kn": {"threshold": 0.7}, "attributes": ["kn"]})
+    lines = [x for x in compare_lines(tmp_path) if not x.startswith("[xtf] WARNING")]   # hand-made: no code hashes
+    head, rows = lines[0], lines[2:]
+    # the varying key is a column; paths, experiment (differ per run) and keys equal in every run are not
+    assert "method.kn.threshold" in head and "paths" not in head and "experiment" not in head
+    assert "train.lr" not in head and "method.attributes" not in head
+    at = head.index("method.kn.threshold")
+    xtf_rows = [r for r in rows if " xtf " in r]
+    assert [r[at:].split()[0] for r in xtf_rows] == ["0.5", "0.95", "10"]   # sorted by value, not as text
+    assert len(set(rows)) == len(rows)
+    normal = next(r for r in rows if " normal " in r)
+    assert normal[at:at + len("method.kn.threshold")].strip() == ""   # its unused threshold is not shown
+
+
+def test_compare_lines_add_the_run_id_when_configs_agree_and_nothing_when_no_row_repeats(tmp_path):
+    _sweep_record(tmp_path, "a", "xtf", {"kn": {"threshold": 0.9}}, run_id="tiny-xtf-aaa")
+    _sweep_record(tmp_path, "b", "xtf", {"kn": {"threshold": 0.9}}, run_id="tiny-xtf-bbb")
+    lines = [x for x in compare_lines(tmp_path) if not x.startswith("[xtf] WARNING")]
+    assert "run id" in lines[0] and "method.kn.threshold" not in lines[0]
+    assert any("tiny-xtf-aaa" in x for x in lines) and any("tiny-xtf-bbb" in x for x in lines)
+    (tmp_path / "b" / "results.json").unlink()
+    assert compare_lines(tmp_path)[1].split() == ["model", "task", "method", "seed", "kept", "accuracy", "[95%",
+                                                  "CI]", "(n)", "ref-NLL", "minutes"]

@@ -296,12 +296,12 @@ def run_missing(path: str | Path) -> int:
 def collect(spec: dict) -> dict[str, list[dict]]:
     """Complete local records per cell label, found by composing each run's config (its run id); missing runs
     are simply absent. An experiment with no record at all is answered without composing every run."""
-    from xtf.results import load_record, run_dir
+    from xtf.results import experiment_dir, load_record, run_dir
 
     runs = expand(spec)
     out: dict[str, list[dict]] = {}
     with composer() as compose:
-        folder = run_dir(compose(runs[0][2])).parent
+        folder = experiment_dir(compose(runs[0][2]))
         if not any(folder.glob("*/results.json")):
             return out
         for label, _seed, overrides in runs:

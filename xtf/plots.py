@@ -3,8 +3,10 @@
     python -m xtf.experiment --tables      # every experiments/*.yaml with records → results/tables/<name>.png
 
 Kinds (checked by xtf.table_spec.check_plot):
-- `bar`: one bar per cell, or grouped bars: `x` coordinate(s) along the axis, one colour per `hue` label, one
-  panel per label combination of `panels` (two panel coordinates: rows × columns).
+- `bar`: one bar per cell, or grouped bars: `x` coordinate(s) along the axis, one colour per `hue` label (without
+  a hue, per label of the last x coordinate), one panel per label combination of `panels` (two panel coordinates:
+  rows × columns). The y axis starts at 0 for a value whose 0 is a natural baseline; a lower-is-better value
+  (`best: min`: an answer NLL, a loss) gets an axis around its data and error bars, said in its axis label.
 - `lines`: a value against the `x` coordinate, one panel per `facet` label (columns) and value (rows), a
   `reference` label drawn as a dashed line, and an optional `tradeoff` panel [x value, y value], one line per
   facet label.
@@ -14,11 +16,14 @@ With a `table.baseline`, `plot_paired` draws the table's paired differences (xtf
 error bars are the 95 % paired bootstrap CI, labelled as such (<name>_paired.png).
 
 Conventions, the same in every kind: values are shown as in the table (× the value's `scale`); a point is the
-mean over seeds and its error bar the sample std (none for one seed); every bar carries its value, and a zero
+mean over seeds and its error bar the sample std (none for one seed; titled as such: error bars that are CIs say
+so, as the paired plot's do); every bar carries its value, and a zero
 bar shows "0.0" on a mark at the baseline, while a grid cell without a complete run shows "—" (missing is never
 drawn as zero); panels of a row share their y axis; one legend per figure, outside the data (below the
-panels); a panel without any run is left out and named in the figure's note; labels of a coordinate that point
-at exactly the same runs (a stand-in table: every model is the same tiny model) are drawn once.
+panels, in as many columns as fit; the PNG is cut to what is drawn, never cutting it); a panel without any run
+is left out and named in the figure's note. Names and colours (xtf.plot_labels): a stand-in label is the model
+that ran ("smollm2_135m (stand-in for llama31_8b)"), labels that point at exactly the same runs are drawn once,
+and a method has the same colour in every figure.
 """
 
 from __future__ import annotations
@@ -26,10 +31,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from xtf.plot_labels import PALETTE as COLOURS
+from xtf.plot_labels import label_styles, merge_same_runs
 from xtf.tables import MISSING, metric, summarise
 
-COLOURS = ["#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3", "#8c8c8c", "#ccb974",
-           "#64b5cd"]
 MARKERS = "osD^vP*Xph"
 
 
@@ -41,37 +46,6 @@ def _series(spec, records, value) -> dict:
         if s:
             out[label] = (s[0] * value["scale"], (s[1] or 0.0) * value["scale"])
     return out
-
-
-def merge_same_runs(spec: dict, records: dict) -> tuple[dict, dict]:
-    """Labels of a coordinate whose cells hold exactly the same runs (same run ids at every other coordinate)
-    become one label, "a = b" or "a … z (n labels, same runs)"; records without a run id are never merged."""
-    if not records or any("run_id" not in r for rs in records.values() for r in rs):
-        return spec, records
-    for c in spec["coords"]:
-        groups: dict[tuple, list[str]] = {}
-        for lab in spec["labels"][c]:
-            cells = [cl for cl in spec["cells"] if spec["points"][cl][c] == lab]
-            sig = tuple(sorted((tuple(sorted((k, v) for k, v in spec["points"][cl].items() if k != c)),
-                                tuple(sorted(r["run_id"] for r in records.get(cl, [])))) for cl in cells))
-            groups.setdefault(sig, []).append(lab)
-        if len(groups) == len(spec["labels"][c]):
-            continue
-        rename, drop = {}, set()
-        for sig, labs in groups.items():
-            if len(labs) > 1 and any(runs for _, runs in sig):
-                many = f"{labs[0]} … {labs[-1]}\n({len(labs)} labels, same runs)"
-                rename[labs[0]] = " = ".join(labs) if len(labs) == 2 else many
-                drop.update(labs[1:])
-        if not rename:
-            continue
-        keep = [cl for cl in spec["cells"] if spec["points"][cl][c] not in drop]
-        points = {cl: {**spec["points"][cl], c: rename.get(spec["points"][cl][c], spec["points"][cl][c])}
-                  for cl in keep}
-        spec = {**spec, "cells": {cl: spec["cells"][cl] for cl in keep}, "points": points,
-                "labels": {**spec["labels"], c: [rename.get(x, x) for x in spec["labels"][c] if x not in drop]}}
-        records = {cl: rs for cl, rs in records.items() if cl in points}
-    return spec, records
 
 
 def _unit(value) -> str:
@@ -105,16 +79,24 @@ def _figure(plt, n: int, ncols: int, width: float, height: float, sharey=True):
 
 
 def _finish(fig, title: str, handles, labels, empty_note: str = "", legend_title: str | None = None) -> None:
+    """The title and the figure's one legend below the panels, in as many columns as fit the figure's width (a
+    legend wider than the figure would be cut at both sides)."""
     fig.suptitle(title + (f"\n({empty_note})" if empty_note else ""), fontsize=10)  # laid out with the panels
-    if handles:
-        ncol = len(labels) if len(labels) <= 9 else -(-len(labels) // 2)
-        fig.legend(handles, labels, loc="outside lower center", ncol=ncol, fontsize=8, frameon=False,
-                   title=legend_title, title_fontsize=8)
+    rows = 1 if len(labels) <= 9 else 2
+    while handles:  # rows of equal length: 8 labels in 2 rows of 4, not 7 and 1
+        ncol = -(-len(labels) // rows)
+        legend = fig.legend(handles, labels, loc="outside lower center", ncol=ncol, fontsize=8, frameon=False,
+                            title=legend_title, title_fontsize=8)
+        if ncol == 1 or legend.get_window_extent(fig.canvas.get_renderer()).width <= fig.bbox.width * 0.97:
+            return
+        legend.remove()
+        rows += 1
 
 
 def _over_seeds(spec) -> str:
     n = len(spec["seeds"])
-    return f"mean ± std over {n} seeds" if n > 1 else "one seed (no error bars)"
+    return f"mean over {n} seeds, error bars: sample std over seeds (not a CI)" if n > 1 else \
+        "one seed (no error bars)"
 
 
 def _empty_note(coords, empty) -> str:
@@ -151,8 +133,10 @@ def _plot_bar(plt, spec, records, p, vals):
     panel_w = max(3.2, (0.16 if vertical else 0.6) * per_panel + 1.0)  # inches: room for every value label
     ncols = max(1, min(ncols, int(18 // panel_w)))  # a page-wide figure at most; more panels wrap
     fig, axes = _figure(plt, len(full), ncols, panel_w, 3.0)
-    top = max(m + s for m, s in data.values())
-    top = top * 1.25 if top > 0 else value["scale"]
+    bottom, top = _bar_range(value, data)
+    step = (top - bottom) / 100  # 1 % of the axis: where value labels and dashes sit
+    colour_by = hue or xcoords[-1]  # a colour per method (xtf.plot_labels), hatched where labels share one
+    styles = label_styles(spec, colour_by)
     missing_seen = False
     for ax, pk in zip(axes, full):
         where = dict(zip(pcoords, pk))
@@ -166,39 +150,51 @@ def _plot_bar(plt, spec, records, p, vals):
                 if cl is None:
                     continue  # not part of the grid (excluded): nothing drawn, as the table leaves it blank
                 x = gi + (hi - (len(hues) - 1) / 2) * width
-                colour = COLOURS[hi % len(COLOURS)] if hue else "#607d8b"
+                colour, hatch = styles[point[colour_by]]
                 if cl not in data:
                     missing_seen = True
-                    ax.text(x, top * 0.02, MISSING, ha="center", va="bottom", fontsize=9, color="#757575")
+                    ax.text(x, bottom + 2 * step, MISSING, ha="center", va="bottom", fontsize=9, color="#757575")
                     continue
                 mean, std = data[cl]
-                ax.bar(x, mean, width * 0.92, color=colour, yerr=std or None, capsize=2,
-                       error_kw={"lw": 0.8, "ecolor": "#333333"})
+                ax.bar(x, mean, width * 0.92, color=colour, hatch=hatch, edgecolor="white", lw=0, yerr=std or None,
+                       capsize=2, error_kw={"lw": 0.8, "ecolor": "#333333"})
                 if mean == 0:  # a zero bar has no height: a mark on the baseline shows it is there
                     ax.plot([x - width * 0.46, x + width * 0.46], [0, 0], color=colour, lw=2.5,
                             solid_capstyle="butt", clip_on=False)
-                ax.text(x, mean + std + top * 0.01, f"{mean:.{value['digits']}f}", ha="center", va="bottom",
+                ax.text(x, mean + std + step, f"{mean:.{value['digits']}f}", ha="center", va="bottom",
                         fontsize=6.5 if vertical else 7.5, rotation=90 if vertical else 0)
         ax.set_xticks(range(len(groups)), [" / ".join(g) for g in groups])
         if len(groups) > 3:
             plt.setp(ax.get_xticklabels(), rotation=35, ha="right", rotation_mode="anchor")
         ax.set_xlim(-0.6, len(groups) - 0.4)
-        ax.set_ylim(0, top)
+        ax.set_ylim(bottom, top)
         ax.set_title(", ".join(f"{c} = {x}" for c, x in where.items()), fontsize=9)
         _style(ax)
     for ax in axes[::ncols]:
-        ax.set_ylabel(_unit(value), fontsize=8)
+        ax.set_ylabel(_unit(value) + ("" if bottom == 0 else "\n(axis not from 0)"), fontsize=8)
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
-    handles = [Patch(color=COLOURS[i % len(COLOURS)]) for i in range(len(hues))] if hue else []
-    labels = list(hues) if hue else []
+    labels = [lab for lab in spec["labels"][colour_by] if any(spec["points"][cl][colour_by] == lab for cl in data)]
+    handles = [Patch(facecolor=styles[lab][0], hatch=styles[lab][1], edgecolor="white", lw=0) for lab in labels]
     if missing_seen:
         handles.append(Line2D([], [], ls="none", marker="$—$", color="#9e9e9e", markersize=8))
         labels.append("no complete run")
-    _finish(fig, f"{spec['name']}: {_unit(value)}, {_over_seeds(spec)}", handles, labels,
-            _empty_note(pcoords, empty), hue)
+    _finish(fig, f"{spec['name']}: {_unit(value)}\n{_over_seeds(spec)}", handles, labels,
+            _empty_note(pcoords, empty), spec["table"]["names"].get(colour_by, colour_by))
     return fig
+
+
+def _bar_range(value: dict, data: dict) -> tuple[float, float]:
+    """The y axis of a bar chart: from 0 for a value whose 0 is a natural baseline (a share, a count: `best` max or
+    none); for a lower-is-better value (`best: min`: an answer NLL, a loss, where 0 is an unreachable ideal) around
+    the data with its error bars, so that the differences that matter are not flattened. Room above for labels."""
+    low, high = min(m - s for m, s in data.values()), max(m + s for m, s in data.values())
+    if value["best"] != "min":
+        bottom = min(0.0, low)
+        return bottom, (high * 1.25 if high > 0 else bottom + value["scale"])
+    span = (high - low) or abs(high) * 0.1 or 1.0
+    return low - 0.25 * span, high + 0.35 * span
 
 
 def _numeric(labels):
@@ -221,7 +217,8 @@ def _plot_lines(plt, spec, records, p, vals):
     cells_of = {f: [cl for cl in spec["cells"] if facet is None or spec["points"][cl][facet] == f] for f in facets}
     shown = [f for f in facets if any(cl in data[n] for n in names for cl in cells_of[f])]
     empty = [(f,) for f in facets if f not in shown]
-    colour = {f: COLOURS[i % len(COLOURS)] for i, f in enumerate(facets)}
+    styles = label_styles(spec, facet, hatch_shared=False) if facet else {}
+    colour = {f: styles[f][0] if facet else COLOURS[0] for f in facets}  # a method's colour where facets are methods
     nrows, ncols = len(p["values"]), len(shown) + (1 if p["tradeoff"] else 0)
     fig = plt.figure(figsize=(3.1 * ncols, 2.5 * nrows + 1.0), layout="constrained")
     grid = fig.add_gridspec(nrows, ncols)
@@ -273,7 +270,7 @@ def _plot_lines(plt, spec, records, p, vals):
         handles.append(Line2D([], [], color="grey", ls="--", marker="*" if p["tradeoff"] else None,
                               markerfacecolor="black", markeredgecolor="black", ms=8))
         labels.append(f"{p['reference']} (reference{', ± std band' if len(spec['seeds']) > 1 else ''})")
-    _finish(fig, f"{spec['name']}: {_over_seeds(spec)}", handles if facet else [], labels,
+    _finish(fig, f"{spec['name']}\n{_over_seeds(spec)}", handles if facet else [], labels,
             _empty_note([facet] if facet else [], empty), facet)
     return fig
 
@@ -289,6 +286,7 @@ def _plot_passk(plt, spec, records, p, vals):
     full, empty, ncols = _panels(spec, facet, lambda cl: any(cl in d for d in data.values()))
     fig, axes = _figure(plt, len(full), ncols, 2.7, 2.3)
     names = spec["labels"][series]
+    colours = [label_styles(spec, series, hatch_shared=False)[s][0] for s in names]  # a method's own colour
     top = max(m + s for d in data.values() for m, s in d.values())
     for ax, pk in zip(axes, full):
         where = dict(zip(facet, pk))
@@ -301,7 +299,7 @@ def _plot_passk(plt, spec, records, p, vals):
                 zero = zero and all(m == 0 for _, m, _ in pts)
                 ax.errorbar([k for k, _, _ in pts], [m for _, m, _ in pts], yerr=[e for _, _, e in pts],
                             marker=MARKERS[si % len(MARKERS)], ms=4, capsize=2, lw=1.2,
-                            color=COLOURS[si % len(COLOURS)])
+                            color=colours[si])
         if zero:
             ax.text(0.5, 0.5, "every series is 0 at every k", transform=ax.transAxes, ha="center", fontsize=7,
                     color="grey")
@@ -312,9 +310,9 @@ def _plot_passk(plt, spec, records, p, vals):
     for ax in axes[::ncols]:
         ax.set_ylabel("pass@k (%)" if vals[p["values"][0]]["scale"] == 100 else "pass@k", fontsize=8)
     axes[0].set_ylim(-0.04 * (top or 100), (top or 100) * 1.08)
-    handles = [Line2D([], [], color=COLOURS[i % len(COLOURS)], marker=MARKERS[i % len(MARKERS)], ms=4)
+    handles = [Line2D([], [], color=colours[i], marker=MARKERS[i % len(MARKERS)], ms=4)
                for i in range(len(names))]
-    _finish(fig, f"{spec['name']}: pass@k, {_over_seeds(spec)}", handles, list(names), _empty_note(facet, empty),
+    _finish(fig, f"{spec['name']}: pass@k\n{_over_seeds(spec)}", handles, list(names), _empty_note(facet, empty),
             series)
     return fig
 
@@ -392,7 +390,7 @@ def _save(fig, out: Path) -> Path | None:
 
     if fig is None:
         return None
-    fig.savefig(out, dpi=130)
+    fig.savefig(out, dpi=130, bbox_inches="tight", pad_inches=0.08)  # nothing cut, whatever sticks out
     plt.close(fig)
     return Path(out)
 

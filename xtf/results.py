@@ -161,8 +161,13 @@ def check_writable(cfg: RunConfig) -> None:
                               f"write to") from None
 
 
+def experiment_dir(cfg: RunConfig) -> Path:
+    """Where the experiment's runs are: known from the config alone (no run id: no weights hashed or data read)."""
+    return Path(cfg.paths.results_dir) / cfg.experiment
+
+
 def run_dir(cfg: RunConfig) -> Path:
-    return Path(cfg.paths.results_dir) / cfg.experiment / run_id(cfg)
+    return experiment_dir(cfg) / run_id(cfg)
 
 
 def outputs_dir(cfg: RunConfig) -> Path:

@@ -3,6 +3,11 @@ side-by-side view of the runs of one experiment folder.
 
     python -m xtf.summary results/quickstart            # every complete run in the folder, one line each
 
+Runs that share model, task, method and seed (a sweep: e.g. XTF at five thresholds) get a column per config key
+whose value differs between them (xtf.varying, read from each record's `config`: e.g. method.kn.threshold),
+and, when even their configs agree (the same settings run by other code), a run id column: no two printed rows
+look the same.
+
 Everything printed comes from the run's record (results.json), so a skipped run prints the same summary.
 Accuracy carries a 95 % Wilson score interval and its n: with a few dozen test examples the interval is wide,
 and saying so is the point. The kept fraction of an online method (xtf.online) is the one it chose during training,
@@ -29,6 +34,7 @@ import numpy as np
 
 from xtf import official, paired
 from xtf.identity import changed_stages, code_hashes
+from xtf.varying import natural, varying_columns
 
 TRUNCATION_WARN = 0.02   # warn when truncation cut more than this share of the answer tokens
 
@@ -307,25 +313,36 @@ def complete_records(folder: Path) -> list[dict]:
     return records
 
 
+def _cols(texts: list[str], widths: list[int]) -> str:
+    return "".join(f" {t:<{w}}" for t, w in zip(texts, widths))
+
+
 def compare_lines(folder: Path, baseline: str | None = None) -> list[str]:
-    """One line per complete run under `folder` (an experiment folder), sorted by method and seed; with a
-    `baseline` method, then each other method's paired difference to it (`paired_lines`)."""
+    """One line per complete run under `folder` (an experiment folder), sorted by model, task, method, seed and
+    the config keys that vary between such runs (xtf.varying: a column each; a run id column for rows still alike);
+    with a `baseline` method, then each other method's paired difference to it (`paired_lines`)."""
     records = complete_records(folder)
     if not records:
         return [f"no complete runs under {folder}"]
-    records.sort(key=lambda r: (r["model"], r["task"], r["method"], r["seed"]))
-    head = f"{'model':<14} {'task':<9} {'method':<12} {'seed':>4} {'kept':>7} {'accuracy [95% CI] (n)':<36} " \
-           f"{'ref-NLL':>8} {'minutes':>7}"
+    keys, texts = varying_columns(records)
+    rows = [((r["model"], r["task"], r["method"], r["seed"]), t, r) for r, t in zip(records, texts)]
+    if len({(c, tuple(v)) for c, v, _ in rows}) < len(rows):  # the same settings (other code): the run id differs
+        keys, rows = keys + ["run id"], [(c, v + [r.get("run_id", "?")], r) for c, v, r in rows]
+    rows.sort(key=lambda row: (*row[0], *map(natural, row[1])))
+    records = [r for _, _, r in rows]
+    widths = [max(len(k), *(len(v[i]) for _, v, _ in rows)) for i, k in enumerate(keys)]
+    head = f"{'model':<14} {'task':<9} {'method':<12} {'seed':>4}{_cols(keys, widths)} {'kept':>7} " \
+           f"{'accuracy [95% CI] (n)':<36} {'ref-NLL':>8} {'minutes':>7}"
     out = [head, "-" * len(head)]
     any_online = False
-    for r in records:
+    for _, values, r in rows:
         m = r.get("metrics", {})
         nll = m.get("answer_nll")
         minutes = sum((r.get("timings") or {}).values()) / 60
         kept, online = kept_fraction(r)
         any_online |= online
         kept_text = ("—" if kept is None else f"{kept:.3f}") + ("*" if online else " ")
-        out.append(f"{r['model']:<14} {r['task']:<9} {r['method']:<12} {r['seed']:>4} "
+        out.append(f"{r['model']:<14} {r['task']:<9} {r['method']:<12} {r['seed']:>4}{_cols(values, widths)} "
                    f"{kept_text:>7} {accuracy_text(m):<36} "
                    f"{(f'{nll:.4f}' if nll is not None else '—'):>8} {minutes:>7.1f}")
     if any_online:

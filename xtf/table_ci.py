@@ -40,10 +40,10 @@ def diff_header(value: dict, baseline: str) -> str:
 def question_loader(spec: dict):
     """record → its per-question values (xtf.summary.question_values), read from the run folder beside the
     experiment's other runs (its run id; a copied run is a copy of its folder), each run read once."""
-    from xtf.results import run_dir
+    from xtf.results import experiment_dir
 
     with composer() as compose:
-        folder = run_dir(compose(expand(spec)[0][2])).parent
+        folder = experiment_dir(compose(expand(spec)[0][2]))
     seen: dict[str, dict] = {}
 
     def load(record: dict) -> dict:
