@@ -73,7 +73,8 @@ def test_lm_eval_calls_the_hooks_for_every_batch(tiny_lm, monkeypatch, batch_tok
     monkeypatch.setattr(lmeval_hf, "StopOnStrings", StopSpy)
     lm = lmeval_hf.make_lm(model, tok, batch_size=2, batch_tokens=batch_tokens)
     prompts = [f"Question: {i} + {i}?" + " more" * i + "\nAnswer:" for i in range(5)]
-    gen = [Instance("generate_until", {}, (p, {"until": ["\n\n"], "max_gen_toks": 4}), i) for i, p in enumerate(prompts)]
+    gen = [Instance("generate_until", {}, (p, {"until": ["\n\n"], "max_gen_toks": 4}), i)
+           for i, p in enumerate(prompts)]
     out = lm.generate_until(gen)
     assert len(out) == 5 and all(isinstance(t, str) for t in out)
     assert sum(generated) == 5, "HFLM.generate_until no longer calls _model_generate once per row"

@@ -2,7 +2,7 @@
 plus PEFT for LoRA. XTF's own parts are only the labels and the loss normalisation, both written here once.
 
     labels[t] = input_ids[t] if keep[t] else -100              (make_labels; the only conversion)
-    nll[t]    = -log p(input_ids[t] | input_ids[<t])           (token_nll; the only shift)
+    nll[t]    = -log p(input_ids[t] | input_ids[<t])           (xtf.lm_loss.token_nll; the only shift)
     loss      = sum_t nll[t]·[labels[t] != -100] / D,
         D = number of kept tokens in the micro-batch           (train.loss_norm = "kept", what HF does)
         D = number of answer tokens in the micro-batch         (train.loss_norm = "answer": masking a token
@@ -27,21 +27,11 @@ from xtf import checkpoints, distributed, lm_loss
 from xtf.checkpoints import last_checkpoint
 from xtf.config import ModelConfig, TrainConfig
 from xtf.finite import LossWatch, NonFiniteError
+from xtf.lm_loss import token_nll  # also xtf.train.token_nll (tests/test_numeric.py)
 
 log = logging.getLogger(__name__)
 IGNORE = -100
 TRAIN_VERSION = 1  # bump when the loss or the data order changes for the same config
-
-
-def token_nll(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
-    """Per-token negative log-likelihood aligned to input_ids (xtf.data convention).
-
-    logits: [B, L, V] (logits[:, t] predict token t+1); input_ids: [B, L] → nll: [B, L] float32, where
-    nll[:, t] = -log softmax(logits[:, t-1])[input_ids[:, t]] and nll[:, 0] = 0 (nothing predicts token 0).
-    This is the one place where the shift between tokens and logits happens."""
-    b, length, v = logits.shape
-    nll = F.cross_entropy(logits[:, :-1].reshape(-1, v), input_ids[:, 1:].reshape(-1), reduction="none")
-    return torch.cat([nll.new_zeros(b, 1), nll.view(b, length - 1)], dim=1).float()
 
 
 def make_labels(input_ids: list[int] | np.ndarray, keep: np.ndarray) -> list[int]:
