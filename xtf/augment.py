@@ -23,7 +23,9 @@ import json
 import logging
 from pathlib import Path
 
-from xtf import cache
+from omegaconf import OmegaConf
+
+from xtf import cache, models
 from xtf.generation import generate_many, normalise
 from xtf.scoring import model_identity
 
@@ -76,8 +78,6 @@ def generator_config(name: str | None, cfg):
     run's own model for None."""
     if name is None:
         return cfg.model
-    from omegaconf import OmegaConf
-
     from xtf.config import ConfigError, ModelConfig, build_dataclass
 
     folder = Path(__file__).resolve().parents[1] / "conf" / "model"
@@ -100,8 +100,6 @@ def generator_config(name: str | None, cfg):
 def paraphrase(cfg, task, examples: list[dict], device) -> tuple[list[dict], dict]:
     """DA: generate `method.da.n` paraphrases per example with the generator, keep the answer-preserving ones;
     cached by content."""
-    from xtf import models
-
     if not task.EXTRACTORS:  # e.g. task=sft: your data has no final answer to check a paraphrase against
         from xtf.config import ConfigError
 
