@@ -6,7 +6,7 @@
 Each size is one fresh subprocess of this script (--one, internal) that does what a run's scoring stage does:
 compose the config (model=--model, task=synth with task.options.n_train=size: generated rows, no download),
 load the rows (data.select + data.tokenize_cached, a cache hit: the parent built the entry first) and the model,
-then xtf.scoring.compute_scores for the scores --method needs (xtf: the forward pass with RI, and TR) into an
+then xtf.method_scores.compute_scores for the scores --method needs (xtf: the forward pass with RI, and TR) into an
 empty score cache, so that every score is computed, written and read back as a first run does. torch threads are
 pinned (--threads; OMP_NUM_THREADS too). Measured per child:
   score s     wall time of compute_scores (forward pass + TR + write + read back);
@@ -84,7 +84,7 @@ def measure(size: int, args) -> dict:
     """Child: one scoring job of `size` rows (module doc)."""
     import torch
 
-    from xtf import masking, models, scoring, tasks
+    from xtf import masking, method_scores, models, scoring, tasks
 
     t0 = time.perf_counter()
     torch.set_num_threads(args.threads)
@@ -97,9 +97,9 @@ def measure(size: int, args) -> dict:
 
         run_cfg = dataclasses.replace(cfg, paths=dataclasses.replace(cfg.paths, cache_dir=scores_cache))
         start, cpu = time.perf_counter(), time.process_time()
-        scores, info = scoring.compute_scores(masking.scores_needed(cfg.method), run_cfg, model, tok, rows, weights,
-                                              stats["cache_key"], tasks.TASKS["synth"].EXPERT_WORDS,
-                                              Path(scores_cache) / "outputs")
+        scores, info = method_scores.compute_scores(masking.scores_needed(cfg.method), run_cfg, model, tok, rows,
+                                                    weights, stats["cache_key"], tasks.TASKS["synth"].EXPERT_WORDS,
+                                                    Path(scores_cache) / "outputs")
         seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     tokens = sum(len(r["input_ids"]) for r in rows)
     positions = sum(len(idx) * max(len(rows[i]["input_ids"]) for i in idx)
@@ -168,7 +168,7 @@ def write(res: list[dict], info: dict) -> list[str]:
 
 
 NOTES = [
-    "score s: wall time of xtf.scoring.compute_scores into an empty score cache (forward pass, TR, write, read "
+    "score s: wall time of xtf.method_scores.compute_scores into an empty score cache (forward pass, TR, write, read "
     "back); ms/row, tok/s: per row, tokens per second of it; cpu ms/row: the child's CPU time over the same span, "
     "per row; pad %: padding's share of the positions the forward pass runs; job s: the child's whole wall time; "
     "peak MiB: the child's peak RSS (ru_maxrss: imports, rows and model included); ready MiB: RSS before scoring; "

@@ -1,4 +1,4 @@
-"""Evaluation speed without changed outputs (xtf.evaluate.token_budget_batches / StopOnStrings, xtf.lmeval's
+"""Evaluation speed without changed outputs (xtf.generation.token_budget_batches / StopOnStrings, xtf.lmeval_hf's
 _FastGeneration): greedy generations batched by tokens, sorted and stopped per row equal one-by-one generations
 and lm-eval's own HFLM; eval.backend=vllm is refused without a GPU and the vllm package; run ids are unchanged.
 
@@ -17,7 +17,7 @@ from conftest import compose
 
 from xtf import lmeval, tiny
 from xtf.config import ConfigError, EvalConfig, ModelConfig, validate
-from xtf.evaluate import StopOnStrings, generate_many, token_budget_batches
+from xtf.generation import StopOnStrings, generate_many, token_budget_batches
 from xtf.results import run_id
 from xtf.tasks import gsm8k
 

@@ -256,7 +256,7 @@ def test_xtf_official_end_to_end_through_the_composed_config(name, data_dirs, se
     runs, each under its own composed method config."""
     import torch
 
-    from xtf import data, models, scoring
+    from xtf import data, method_scores, models
     from xtf.tasks import gsm8k
 
     fx = load(name)
@@ -273,8 +273,8 @@ def test_xtf_official_end_to_end_through_the_composed_config(name, data_dirs, se
         assert int(np.argmax(row["response_mask"])) == r["question_length"]
     torch.set_num_threads(1)
     model = models.load_model(cfg.model, weights, torch.device("cpu"))
-    ours, _ = scoring.compute_scores(masking.scores_needed(cfg.method), cfg, model, tok, rows, weights,
-                                     stats["cache_key"], gsm8k.EXPERT_WORDS, tmp_path)
+    ours, _ = method_scores.compute_scores(masking.scores_needed(cfg.method), cfg, model, tok, rows, weights,
+                                           stats["cache_key"], gsm8k.EXPERT_WORDS, tmp_path)
     delta = deltas(fx, ours)
     print(f"{name}: max |ours - released| ri {max(delta['ri']):.3g} kn {max(delta['kn']):.3g} tr {delta['tr']:.3g}; "
           f"rows with RI and KN bit-identical: {sum(a == b == 0 for a, b in zip(delta['ri'], delta['kn']))} of "

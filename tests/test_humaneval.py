@@ -96,8 +96,6 @@ def test_k_larger_than_n_is_a_config_error(problems):
 def test_evaluate_code_wires_generation_extraction_and_protocol(problems, monkeypatch):
     """A scripted generate_many: raw generations run on past a stop sequence into code that would fail; the cut
     must remove it. Also checks the decoding arguments of both protocols."""
-    import xtf.evaluate
-
     calls = []
     tail = "\nprint(undefined_name)\n"  # cut at "\nprint(" (xtf.tasks.code.STOP_SEQUENCES)
 
@@ -108,7 +106,7 @@ def test_evaluate_code_wires_generation_extraction_and_protocol(problems, monkey
             return [[texts[p] + tail] for p in prompts]
         return [[texts[p] + tail if j % 2 == 0 else WRONG for j in range(n)] for p in prompts]
 
-    monkeypatch.setattr(xtf.evaluate, "generate_many", fake)
+    monkeypatch.setattr(humaneval, "generate_many", fake)  # the name humaneval calls
     cfg = EvalConfig(n_samples=4, pass_k=(1, 2), temperature=0.6, top_p=0.9, batch_size=3, sandbox=LIMITS)
     metrics, preds, protocol = humaneval.evaluate_code("model", "tok", problems, cfg, chat_template=False, seed=7)
     assert metrics["accuracy"] == 1.0 and [p["n_correct"] for p in preds] == [2, 2, 2]

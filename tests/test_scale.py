@@ -91,8 +91,8 @@ SPEC = {"group": "forward", "test": "scale"}
 
 
 def run_job(weights: str, cache_dir, hook=None, batch_size: int = BATCH, scorer: str = "forward") -> tuple[dict, int]:
-    """Score as xtf.scoring.compute_scores does (cached_scores, progress kept beside the entry): (scores, number of
-    batches the backbone ran)."""
+    """Score as xtf.method_scores.compute_scores does (cached_scores, progress kept beside the entry): (scores,
+    number of batches the backbone ran)."""
     model, pad = model_and_pad(weights)
     calls = [0]
 

@@ -9,7 +9,9 @@ import subprocess
 import sys
 
 from conftest import ROOT, compose
+from hydra.core.override_parser.overrides_parser import OverridesParser
 
+from hydra_plugins.xtf_sweeper.xtf_sweeper import cartesian_product
 from xtf.config import validate
 from xtf.results import run_dir
 
@@ -25,6 +27,16 @@ def sweep(*args, timeout=600, env=None):
 
 def summary_line(out, status, name):
     return [line for line in out.splitlines() if line.startswith(f"[xtf]   {status}") and f" {name} " in line + " "]
+
+
+def test_the_cartesian_product_is_hydras_basic_sweepers():
+    """cartesian_product is the sweeper's one use of Hydra's private API (BasicSweeper.split_arguments): fails here,
+    not in a sweep, when a Hydra release changes it (its order decides the cells' order and names)."""
+    parsed = OverridesParser.create().parse_overrides(["a=1,2", "b=x", "+c=3,4", "d=range(0,2)"])
+    assert cartesian_product(parsed) == [
+        [f"a={a}", "b=x", f"+c={c}", f"d={d}"] for a in (1, 2) for c in (3, 4) for d in (0, 1)]
+    assert cartesian_product(OverridesParser.create().parse_overrides(["a=1"])) == [["a=1"]]
+    assert cartesian_product([]) == [[]]
 
 
 def test_a_failing_cell_does_not_sink_the_others_and_a_relaunch_runs_only_the_missing_one(run_overrides, tmp_path):

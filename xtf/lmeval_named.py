@@ -4,7 +4,7 @@
     xtf task=sft ... task.options.lm_eval_tasks=[my_task] task.options.lm_eval_include=my_tasks/   # your YAMLs
 
 lm-eval's own task definitions, run as lm-eval runs them (zero-shot unless a task says otherwise, its own
-metrics and filters) on the fine-tuned model held in memory (xtf.lmeval.make_lm). A built-in task reads its data
+metrics and filters) on the fine-tuned model held in memory (xtf.lmeval_hf.make_lm). A built-in task reads its data
 set from the Hugging Face Hub (or the datasets cache); `lm_eval_include` adds a folder of your own task YAMLs
 (lm-eval's `include_path`), which may read local files. Metrics are recorded as "lm_eval/<task>/<metric>".
 """
@@ -14,7 +14,10 @@ from __future__ import annotations
 import random
 from typing import Optional
 
-from xtf.lmeval import make_lm
+import numpy as np
+import torch
+
+from xtf.lmeval_hf import make_lm
 
 
 def metric_entries(results: dict) -> dict[str, float]:
@@ -31,9 +34,7 @@ def metric_entries(results: dict) -> dict[str, float]:
 def run_named_tasks(model, tokenizer, names: tuple[str, ...], include: Optional[str], eval_cfg,
                     chat_template: bool, seed: int) -> tuple[dict, dict]:
     """(metrics, protocol) of lm-eval's tasks `names` (plus the YAMLs of the folder `include`)."""
-    import lm_eval
-    import numpy as np
-    import torch
+    import lm_eval  # lm-eval takes seconds to import: only when a task runs on it
     from lm_eval.evaluator import evaluate
     from lm_eval.tasks import TaskManager
 

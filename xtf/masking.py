@@ -21,6 +21,7 @@ import logging
 
 import numpy as np
 
+from xtf import detection as det
 from xtf import online, rules
 
 log = logging.getLogger(__name__)
@@ -156,7 +157,7 @@ def tc(rows, scores, method, seed, special=frozenset()):
     if method.rounds > 1 and method.evolve == "chain":
         # TC's self-evolving chain (self_evolving_cleaning.sh): part 0 warms the reference up on all its answer
         # tokens; each later part is ranked within itself against the reference of its own round (the parts of
-        # xtf.scoring.reference_nll); rows past the last part are never trained on. These are the tokens the
+        # xtf.method_scores.reference_nll); rows past the last part are never trained on. These are the tokens the
         # chain was trained on.
         parts, outside = rules.evolve_parts(len(rows), method.rounds)
         kept = [np.zeros(len(v), dtype=bool) for v in per_sample]
@@ -370,8 +371,6 @@ def detection(rows: list[dict], keeps: list[np.ndarray], noisy: dict, scores: di
     noise type and overall, over all answer tokens (xtf.detection). With `method`, each entry also gets
     "method_score": {"name", "orientation", "auroc"} for the score that method ranks by (`method_score`), so a
     table can show one AUROC column for every cell."""
-    from xtf import detection as det
-
     if not any("truth" in r for r in rows):
         return None
     answer = [_answer(r) for r in rows]

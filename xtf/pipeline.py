@@ -26,6 +26,7 @@ from xtf import (
     export,
     finite,
     masking,
+    method_scores,
     models,
     online,
     results,
@@ -116,7 +117,7 @@ def _run(cfg: RunConfig) -> dict:
         # From the cache when any earlier run scored the same tokens with the same model; else each rank scores its
         # share of the rows and rank 0 writes the merged scores (xtf.scoring.cached_scores).
         with timer("score"), distributed.collective():
-            scores, scoring_info = scoring.compute_scores(
+            scores, scoring_info = method_scores.compute_scores(
                 masking.scores_needed(cfg.method), cfg, model, tokenizer, rows, weights, token_stats["cache_key"],
                 tasks.expert_words(task, task_options(cfg)), results.outputs_dir(cfg))
         with timer("mask"):

@@ -5,7 +5,7 @@ console and, in a sweep, in failed.json). XTF_KEEP_FAILED_OUTPUTS=1 keeps failed
     from xtf.quiet import silence_known_warnings
     silence_known_warnings()          # run.py, before a run
 
-Elsewhere at their source: lm-eval's two "`pretrained` is a model object" warnings (xtf.lmeval.make_lm) and W&B's
+Elsewhere at their source: lm-eval's two "`pretrained` is a model object" warnings (xtf.lmeval_hf.make_lm) and W&B's
 banner (xtf.results.wandb_mirror: one line instead of seven).
 """
 

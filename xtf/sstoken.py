@@ -47,6 +47,9 @@ import math
 
 import torch
 
+from xtf.attention import ATTN_NAME, attention_modules, register_attention
+from xtf.lm_loss import token_nll
+
 IGNORE = -100
 _EPS = 1e-9
 
@@ -129,8 +132,6 @@ class PromptAttention:
 
     @contextlib.contextmanager
     def capture(self, model, batch):
-        from xtf.attention import ATTN_NAME, attention_modules, register_attention
-
         register_attention()
         modules = attention_modules(model)
         target = modules[self.layer % len(modules)]
@@ -173,8 +174,6 @@ class EMAHistory:
 
     @contextlib.contextmanager
     def capture(self, model, batch):
-        from xtf.train import token_nll
-
         self._update(int(batch["step"]))
 
         @torch.no_grad()

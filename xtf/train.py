@@ -2,7 +2,7 @@
 plus PEFT for LoRA. XTF's own parts are only the labels and the loss normalisation, both written here once.
 
     labels[t] = input_ids[t] if keep[t] else -100              (make_labels; the only conversion)
-    nll[t]    = -log p(input_ids[t] | input_ids[<t])           (token_nll; the only shift)
+    nll[t]    = -log p(input_ids[t] | input_ids[<t])           (xtf.lm_loss.token_nll; the only shift)
     loss      = sum_t nll[t]·[labels[t] != -100] / D,
         D = number of kept tokens in the micro-batch           (train.loss_norm = "kept", what HF does)
         D = number of answer tokens in the micro-batch         (train.loss_norm = "answer": masking a token
@@ -27,21 +27,11 @@ from xtf import checkpoints, distributed, lm_loss
 from xtf.checkpoints import last_checkpoint
 from xtf.config import ModelConfig, TrainConfig
 from xtf.finite import LossWatch, NonFiniteError
+from xtf.lm_loss import token_nll  # also xtf.train.token_nll (tests/test_numeric.py)
 
 log = logging.getLogger(__name__)
 IGNORE = -100
 TRAIN_VERSION = 1  # bump when the loss or the data order changes for the same config
-
-
-def token_nll(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
-    """Per-token negative log-likelihood aligned to input_ids (xtf.data convention).
-
-    logits: [B, L, V] (logits[:, t] predict token t+1); input_ids: [B, L] → nll: [B, L] float32, where
-    nll[:, t] = -log softmax(logits[:, t-1])[input_ids[:, t]] and nll[:, 0] = 0 (nothing predicts token 0).
-    This is the one place where the shift between tokens and logits happens."""
-    b, length, v = logits.shape
-    nll = F.cross_entropy(logits[:, :-1].reshape(-1, v), input_ids[:, 1:].reshape(-1), reduction="none")
-    return torch.cat([nll.new_zeros(b, 1), nll.view(b, length - 1)], dim=1).float()
 
 
 def make_labels(input_ids: list[int] | np.ndarray, keep: np.ndarray) -> list[int]:
@@ -257,8 +247,6 @@ def finetune(model, tokenizer, rows: list[dict], keeps: list[np.ndarray], train_
     keep mask is empty must already have been removed by the caller (and counted). With `selector` (an online
     method's xtf.online.Selector, built for these rows) every micro-batch's labels / loss weights come from it, and
     info["online"] records its kept fraction per step."""
-    from transformers import TrainingArguments
-
     if train_cfg.mode == "lora":
         from peft import LoraConfig, get_peft_model
 
@@ -279,31 +267,7 @@ def finetune(model, tokenizer, rows: list[dict], keeps: list[np.ndarray], train_
     loss_impl = train_cfg.loss_impl
     if loss_impl == "chunked" and distributed.runtime().strategy in ("fsdp", "deepspeed"):
         loss_impl = "kept"  # sharded engines gather a weight only for the forward that uses it: the head stays in it
-    args = TrainingArguments(
-        output_dir=str(ckpt_dir),
-        num_train_epochs=train_cfg.epochs * epochs_factor,
-        learning_rate=train_cfg.lr,
-        weight_decay=train_cfg.weight_decay,
-        warmup_steps=train_cfg.warmup_ratio,  # a float in [0, 1) is a ratio of the total steps
-        lr_scheduler_type=train_cfg.lr_scheduler,
-        max_grad_norm=train_cfg.max_grad_norm,
-        save_strategy="steps",
-        save_steps=train_cfg.save_steps,
-        save_total_limit=None,  # xtf removes old checkpoints itself, once the new one is sealed (xtf.checkpoints)
-        logging_steps=train_cfg.logging_steps,
-        logging_nan_inf_filter=False,  # HF would log a finite stand-in for a NaN loss; xtf fails (xtf.finite)
-        seed=seed,
-        data_seed=seed,  # the data order is shuffled per seed
-        report_to=[],    # W&B is mirrored by our own callback, into the run record's W&B run
-        remove_unused_columns=False,
-        dataloader_num_workers=0,
-        use_cpu=not on_gpu,
-        optim="adamw_torch",  # the fused variant differs numerically across devices; keep runs comparable
-        # Batches of rows of similar length (less padding; another data order, so in the run id when on).
-        train_sampling_strategy="group_by_length" if train_cfg.group_by_length else "random",
-        # Per-device batch x accumulation for this world size, mixed precision, DDP / FSDP / DeepSpeed (dist.*).
-        **distributed.trainer_kwargs(train_cfg, model_cfg, model, on_gpu),
-    )
+    args = _training_arguments(train_cfg, model_cfg, model, ckpt_dir, epochs_factor, seed, on_gpu)
     history: list[dict] = []
     trainer = _trainer_class()(model=model, args=args, train_dataset=dataset,
                                data_collator=Collator(tokenizer.pad_token_id, packed=train_cfg.packing),
@@ -340,6 +304,38 @@ def finetune(model, tokenizer, rows: list[dict], keeps: list[np.ndarray], train_
         model = model.merge_and_unload()  # plain model for evaluation: faster generation, same outputs
     model.eval()
     return model, info
+
+
+def _training_arguments(train_cfg: TrainConfig, model_cfg: ModelConfig, model, ckpt_dir: Path, epochs_factor: int,
+                        seed: int, on_gpu: bool):
+    """The HF TrainingArguments of `finetune`."""
+    from transformers import TrainingArguments
+
+    return TrainingArguments(
+        output_dir=str(ckpt_dir),
+        num_train_epochs=train_cfg.epochs * epochs_factor,
+        learning_rate=train_cfg.lr,
+        weight_decay=train_cfg.weight_decay,
+        warmup_steps=train_cfg.warmup_ratio,  # a float in [0, 1) is a ratio of the total steps
+        lr_scheduler_type=train_cfg.lr_scheduler,
+        max_grad_norm=train_cfg.max_grad_norm,
+        save_strategy="steps",
+        save_steps=train_cfg.save_steps,
+        save_total_limit=None,  # xtf removes old checkpoints itself, once the new one is sealed (xtf.checkpoints)
+        logging_steps=train_cfg.logging_steps,
+        logging_nan_inf_filter=False,  # HF would log a finite stand-in for a NaN loss; xtf fails (xtf.finite)
+        seed=seed,
+        data_seed=seed,  # the data order is shuffled per seed
+        report_to=[],    # W&B is mirrored by our own callback, into the run record's W&B run
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        use_cpu=not on_gpu,
+        optim="adamw_torch",  # the fused variant differs numerically across devices; keep runs comparable
+        # Batches of rows of similar length (less padding; another data order, so in the run id when on).
+        train_sampling_strategy="group_by_length" if train_cfg.group_by_length else "random",
+        # Per-device batch x accumulation for this world size, mixed precision, DDP / FSDP / DeepSpeed (dist.*).
+        **distributed.trainer_kwargs(train_cfg, model_cfg, model, on_gpu),
+    )
 
 
 def _history_from_checkpoint(ckpt: Path) -> list[dict]:

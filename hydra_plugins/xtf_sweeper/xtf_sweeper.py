@@ -29,7 +29,7 @@ import traceback
 from pathlib import Path
 from typing import Any, Optional
 
-from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper  # private: used by cartesian_product only
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobStatus
 from hydra.plugins.sweeper import Sweeper
@@ -38,6 +38,14 @@ from omegaconf import OmegaConf, open_dict, read_write
 
 log = logging.getLogger(__name__)
 FAILED_FILE = "failed.json"
+
+
+def cartesian_product(parsed: list) -> list[list[str]]:
+    """The command line's cartesian product, as Hydra's basic sweeper forms it: one list of "key=value" strings per
+    combination, the first override's values varying slowest ("a=1,2 b=3,4" → a=1 b=3, a=1 b=4, a=2 b=3, ...).
+    The one use of Hydra's private API (hydra._internal, Hydra 1.3.8: BasicSweeper.split_arguments, a staticmethod;
+    max_batch_size=None: one batch); tests/test_sweeper.py checks that it still behaves so."""
+    return BasicSweeper.split_arguments(parsed, None)[0]
 
 
 @dataclasses.dataclass
@@ -140,7 +148,7 @@ class XtfSweeper(Sweeper):
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
         parsed = parser.parse_overrides([f"{k}={v}" for k, v in self.params.items()] + list(arguments))
         swept = {o.get_key_element() for o in parsed if o.is_sweep_override()}
-        combos = BasicSweeper.split_arguments(parsed, None)[0]  # the command line's cartesian product
+        combos = cartesian_product(parsed)
 
         def varying(combo):  # the swept part of a combination, for naming
             return [o for o in combo if o.split("=", 1)[0] in swept]
