@@ -24,6 +24,7 @@ import logging
 from pathlib import Path
 
 from xtf import cache
+from xtf.errors import ConfigError
 
 log = logging.getLogger(__name__)
 AUGMENT_VERSION = 1
@@ -76,7 +77,7 @@ def generator_config(name: str | None, cfg):
         return cfg.model
     from omegaconf import OmegaConf
 
-    from xtf.config import ConfigError, ModelConfig, build_dataclass
+    from xtf.config import ModelConfig, build_dataclass
 
     folder = Path(__file__).resolve().parents[1] / "conf" / "model"
 
@@ -103,8 +104,6 @@ def paraphrase(cfg, task, examples: list[dict], device) -> tuple[list[dict], dic
     from xtf.scoring import model_identity
 
     if not task.EXTRACTORS:  # e.g. task=sft: your data has no final answer to check a paraphrase against
-        from xtf.config import ConfigError
-
         raise ConfigError(f"method=da keeps a paraphrase only when the task's answer extractor reads the same final "
                           f"answer from it, and task={cfg.task.name} has no extractor; choose another method")
     da = cfg.method.da

@@ -22,10 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-
-class ConfigError(ValueError):
-    """A configuration value is wrong; the message names the key and what is allowed."""
-
+from xtf.errors import ConfigError  # noqa: F401 - re-exported: callers catch it from here
 
 # Field metadata of a key added after runs existed: at its default it is left out of run ids (xtf.results), so
 # runs that do not use it keep their ids. Task options marked so are also left out of the validated config

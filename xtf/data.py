@@ -37,6 +37,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from xtf import cache, chat
+from xtf.errors import ConfigError
 from xtf.identity import stat_key
 from xtf.tasks.common import DataError, TaskData, sha256_examples
 
@@ -378,8 +379,6 @@ def tokenize_cached(tokenizer, examples: list[dict], max_len: int, truncation: s
     meta = json.loads((folder / "meta.json").read_text())
     stats = meta["stats"]
     if examples and not stats["n_rows"]:  # say why, before a model is loaded (not "every sample is fully masked")
-        from xtf.config import ConfigError
-
         raise ConfigError(f"no {split} example fits in data.max_len={max_len}: all {stats['n_examples']} were dropped "
                           f"(the prompt alone fills max_len, or data.truncation=drop cut every long example); "
                           f"raise data.max_len")

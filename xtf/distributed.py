@@ -35,6 +35,8 @@ from typing import Any
 
 import torch
 
+from xtf.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 
@@ -119,8 +121,6 @@ def device(requested: str) -> torch.device:
 
 def check(dist_cfg, train_cfg, rt: Runtime, on_gpu: bool) -> None:
     """Strategy choices that cannot work, refused before any work, naming the key and what to change."""
-    from xtf.config import ConfigError
-
     if rt.strategy == "deepspeed" and importlib.util.find_spec("deepspeed") is None:
         raise ConfigError("dist.strategy=deepspeed needs the deepspeed package (pip install deepspeed, on a machine "
                           "with CUDA); or use dist.strategy=fsdp, which needs nothing beyond torch")
@@ -277,8 +277,6 @@ def batch_split(batch_size: int, grad_accum: int, world_size: int) -> tuple[int,
     grad_accum (the global batch). The micro-batch stays `batch_size` when world_size divides grad_accum (same
     micro-batches, same per-micro-batch loss normalisation as one process); else it is the largest divisor of
     the per-rank share that is <= batch_size."""
-    from xtf.config import ConfigError
-
     total = batch_size * grad_accum
     if total % world_size:
         raise ConfigError(f"the global batch train.batch_size x train.grad_accum = {batch_size} x {grad_accum} = "

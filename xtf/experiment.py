@@ -42,6 +42,8 @@ from pathlib import Path
 
 import yaml
 
+from xtf.errors import SpecError
+
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 EXPERIMENTS = ROOT / "experiments"
@@ -50,10 +52,6 @@ LISTED = "cell"  # the coordinate of a spec with listed cells
 _TOP_KEYS = ("name", "description", "base", "seeds", "cells", "grid", "exclude", "table", "plot", "stand_in")
 STAND_IN_SUFFIX = "_tiny"
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
-
-
-class SpecError(ValueError):
-    """A malformed experiment spec; the message names the file, the key and what is allowed."""
 
 
 def _fail(path, key: str, problem: str) -> None:

@@ -29,7 +29,7 @@ from __future__ import annotations
 import numpy as np
 
 from xtf import distributed, sandbox
-from xtf.config import ConfigError
+from xtf.errors import ConfigError
 from xtf.tasks import code
 
 HUMANEVAL_VERSION = 4  # bump when generation, program building or scoring changes

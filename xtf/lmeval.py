@@ -31,6 +31,7 @@ from pathlib import Path
 
 from xtf import distributed
 from xtf.cache import sha256_file
+from xtf.errors import ConfigError
 
 EVAL_DIR = Path(__file__).resolve().parents[1] / "eval"  # the versioned task YAMLs
 LMEVAL_VERSION = 1  # bump when export_rows, the request set-up or the metric mapping changes behaviour
@@ -356,8 +357,6 @@ def check_backend(backend: str, evaluation: str, task_name: str, device: str = "
     """eval.backend=vllm needs an lm-eval task, the vllm package and a CUDA GPU; fail naming what is missing
     (before any work: xtf.config.validate calls this)."""
     import importlib.util
-
-    from xtf.config import ConfigError
 
     if backend == "hf":
         return

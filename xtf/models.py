@@ -13,10 +13,7 @@ from urllib.parse import urlparse
 import torch
 
 from xtf.config import ModelConfig
-
-
-class WeightsNotFound(RuntimeError):
-    pass
+from xtf.errors import WeightsNotFound  # noqa: F401 - re-exported: callers catch it from here
 
 
 def _hub_reachable(timeout_s: float = 3.0) -> bool:

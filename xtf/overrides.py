@@ -21,7 +21,8 @@ from pathlib import Path
 
 import yaml
 
-from xtf.config import ConfigError, schema_defaults
+from xtf.config import schema_defaults
+from xtf.errors import ConfigError
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 

@@ -19,6 +19,8 @@ import math
 from dataclasses import dataclass
 from typing import Optional
 
+from xtf.errors import ConfigError
+
 GIB = 2**30
 THROUGHPUT = "experiments/throughput.json"
 CHARS_PER_TOKEN = 4.0       # English BPE with 32k-152k vocabularies: ~3.5-4.5 characters per token (an estimate)
@@ -259,7 +261,6 @@ def refusal(run, world: int) -> Optional[str]:
     """What xtf.distributed.check would refuse at the start of the job on a GPU (LoRA with a sharded strategy, a
     global batch the world size does not divide, ...), or None. Whether the deepspeed package is installed is a
     question about the cluster's environment, not this machine's, so that refusal is not repeated here."""
-    from xtf.config import ConfigError
     from xtf.distributed import Runtime, check
 
     strategy = "ddp" if run.dist.strategy == "none" and world > 1 else run.dist.strategy

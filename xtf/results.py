@@ -25,6 +25,7 @@ from pathlib import Path
 from xtf import __version__, distributed
 from xtf.cache import atomic_write_text, key_of
 from xtf.config import RunConfig
+from xtf.errors import ConfigError, DataError, WeightsNotFound
 from xtf.identity import code_hashes, identity_of, weights_sha256
 
 log = logging.getLogger(__name__)
@@ -130,9 +131,6 @@ def run_id(cfg: RunConfig) -> str:
     When the weights or data cannot be found here (e.g. tables built on a machine without the model), the id
     falls back to the config alone, with a warning: such a run cannot start anyway (the pipeline raises the
     same error itself), and records made elsewhere are then looked up by config only."""
-    from xtf.models import WeightsNotFound
-    from xtf.tasks.common import DataError
-
     fields = run_id_fields(cfg)
     try:
         identity = content_identity(cfg)
@@ -146,8 +144,6 @@ def run_id(cfg: RunConfig) -> str:
 
 def check_writable(cfg: RunConfig) -> None:
     """Fail before any work when a folder the run writes to cannot be written (not after hours of training)."""
-    from xtf.config import ConfigError
-
     for key, folder in (("paths.results_dir", Path(cfg.paths.results_dir) / cfg.experiment),
                         ("paths.outputs_dir", Path(cfg.paths.outputs_dir)),
                         ("paths.cache_dir", Path(cfg.paths.cache_dir))):

@@ -28,10 +28,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from xtf.cache import sha256_file  # noqa: F401 - re-exported: the tasks record the checksum of each file read
-
-
-class DataError(ValueError):
-    """A data file or row is malformed; the message names the file, the line and the field."""
+from xtf.errors import DataError  # noqa: F401 - re-exported: the tasks raise it from here
 
 
 @dataclass
