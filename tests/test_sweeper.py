@@ -10,8 +10,8 @@ import sys
 
 from conftest import ROOT, compose
 
-from xtf.config import validate
 from xtf.results import run_dir
+from xtf.validate import validate
 
 FAST = ["debug=fast", "data.limit=16", "data.eval_limit=4"]
 

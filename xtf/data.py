@@ -36,7 +36,7 @@ from typing import Optional
 import numpy as np
 from tqdm.auto import tqdm
 
-from xtf import cache, chat
+from xtf import cache, chat, tasks
 from xtf.errors import ConfigError
 from xtf.identity import stat_key
 from xtf.tasks.common import DataError, TaskData, sha256_examples
@@ -93,9 +93,6 @@ def select(cfg) -> Selection:
     """Load the task's data and pick the rows the run uses (load → carve dev → data.limit / data.eval_limit).
     Remembered per process by the config keys that decide it, so asking again (run ids) costs nothing.
     Raises DataError for an empty training set or an empty evaluation set."""
-    from xtf import tasks
-    from xtf.config import task_options
-
     key = cache.key_of({"task": dataclasses.asdict(cfg.task), "data": dataclasses.asdict(cfg.data),
                         "data_dir": cfg.paths.data_dir, "hub_mirror": cfg.paths.hub_mirror,
                         "split": cfg.eval.split, "eval": cfg.eval.enabled,
@@ -104,7 +101,7 @@ def select(cfg) -> Selection:
     if key in _selections:
         _selections.move_to_end(key)
         return _selections[key]
-    task_data = tasks.TASKS[cfg.task.name].load(task_options(cfg), cfg.data, cfg.paths)
+    task_data = tasks.TASKS[cfg.task.name].load(tasks.task_options(cfg), cfg.data, cfg.paths)
     skipped = f" ({task_data.skipped_rows} malformed rows skipped)" if task_data.skipped_rows else ""
     if not task_data.splits["train"]:
         raise DataError(f"the training split of task={cfg.task.name} is empty: {task_data.source} has no training "

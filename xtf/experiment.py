@@ -274,7 +274,8 @@ def composer():
     """A function overrides -> validated RunConfig, with Hydra initialised once (~0.1 s a compose, not 0.2)."""
     from hydra import compose, initialize_config_dir
 
-    from xtf.config import register_schema, validate
+    from xtf.config import register_schema
+    from xtf.validate import validate
 
     register_schema()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):

@@ -8,7 +8,7 @@ and the valid keys (exit status 2, no traceback). run.py calls it on sys.argv; t
     python run.py method=xtff     # ConfigError: method=xtff: no such option. Did you mean ['xtf', ...]? ...
 
 Only plain overrides (`key=value`) are checked; `+key=` / `++key=` / `~key` and `hydra.*` go to Hydra and to
-xtf.config.validate as before. The schema is xtf.config's (every key of RunConfig); `task.options.*` is checked
+xtf.validate.validate as before. The schema is xtf.config's (every key of RunConfig); `task.options.*` is checked
 against the chosen task's Options dataclass, `cluster.*` against the chosen conf/cluster profile.
 """
 

@@ -304,7 +304,7 @@ def fit_problem(cfg, name: str = "") -> Optional[str]:
     it cannot be checked, the profile has no GPUs, or cluster.plan_check=false)."""
     from omegaconf import OmegaConf, open_dict, read_write
 
-    from xtf.config import validate
+    from xtf.validate import validate
 
     cluster = OmegaConf.to_container(cfg.cluster, resolve=True) if "cluster" in cfg else {}
     if not cluster.get("plan_check", True) or not cluster.get("gpus_per_node"):
@@ -392,7 +392,8 @@ def plan_experiment(spec_path: str, overrides: list[str], stand_in: bool = False
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from xtf.config import register_schema, validate
+    from xtf.config import register_schema
+    from xtf.validate import validate
     from xtf.experiment import CONF, ROOT, load_experiment
 
     spec = load_experiment(spec_path, stand_in=stand_in)

@@ -47,7 +47,7 @@ EXTRACT_VERSION = 1          # no answer extraction: evaluation is the answer NL
 EXTRACTORS: dict = {}
 EXPERT_WORDS: tuple[str, ...] = ()   # yours: task.options.expert_words (XTF's task relevance needs them)
 EVALUATION = "answer_nll"
-READS_DATA_FILES = True      # data.train_file / data.eval_file (xtf.config refuses them for the other tasks)
+READS_DATA_FILES = True      # data.train_file / data.eval_file (xtf.validate refuses them for the other tasks)
 SHAPES = ("prompt_response", "alpaca", "chat")
 
 
