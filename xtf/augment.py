@@ -23,8 +23,11 @@ import json
 import logging
 from pathlib import Path
 
-from xtf import cache
+from xtf import cache, models
+from xtf.config import ModelConfig, build_dataclass
 from xtf.errors import ConfigError
+from xtf.evaluate import generate_many, normalise
+from xtf.scoring import model_identity
 
 log = logging.getLogger(__name__)
 AUGMENT_VERSION = 1
@@ -77,8 +80,6 @@ def generator_config(name: str | None, cfg):
         return cfg.model
     from omegaconf import OmegaConf
 
-    from xtf.config import ModelConfig, build_dataclass
-
     folder = Path(__file__).resolve().parents[1] / "conf" / "model"
 
     def raw(n: str) -> dict:
@@ -99,10 +100,6 @@ def generator_config(name: str | None, cfg):
 def paraphrase(cfg, task, examples: list[dict], device) -> tuple[list[dict], dict]:
     """DA: generate `method.da.n` paraphrases per example with the generator, keep the answer-preserving ones;
     cached by content."""
-    from xtf import models
-    from xtf.evaluate import generate_many, normalise
-    from xtf.scoring import model_identity
-
     if not task.EXTRACTORS:  # e.g. task=sft: your data has no final answer to check a paraphrase against
         raise ConfigError(f"method=da keeps a paraphrase only when the task's answer extractor reads the same final "
                           f"answer from it, and task={cfg.task.name} has no extractor; choose another method")

@@ -37,6 +37,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from xtf import cache, chat, tasks
+from xtf.detection import span_labels as overlap_labels
 from xtf.errors import ConfigError
 from xtf.identity import stat_key
 from xtf.tasks.common import DataError, TaskData, sha256_examples
@@ -239,8 +240,6 @@ def chat_truth(example: dict, spans: list) -> dict[str, list[bool]]:
     """Ground-truth noise of a chat example, {type: [bool]} aligned to input_ids (`spans`: xtf.chat.encode's): an
     assistant turn may carry `noise_spans` [[start, end, type], ...] (character offsets into its content); a token is
     noise of a type when its characters overlap a span of that type (xtf.detection.span_labels)."""
-    from xtf.detection import span_labels as overlap_labels
-
     kinds = sorted({s[2] for m in example["messages"] for s in m.get("noise_spans", [])})
     truth = {k: [False] * len(spans) for k in kinds}
     for i, m in enumerate(example["messages"]):
@@ -257,8 +256,6 @@ def chat_truth(example: dict, spans: list) -> dict[str, list[bool]]:
 def span_labels(tokenizer, response: str, spans: list, n_tokens: int) -> dict[str, list[bool]]:
     """Ground-truth noise per response token: {type: [bool] * n_tokens}, from the character spans and the
     tokenizer's offsets (overlap rule: xtf.detection.span_labels). Needs a fast tokenizer."""
-    from xtf.detection import span_labels as overlap_labels
-
     enc = tokenizer(response, add_special_tokens=False, return_offsets_mapping=True)
     if len(enc["input_ids"]) != n_tokens:
         raise AssertionError("offset tokenisation differs from the training tokenisation")

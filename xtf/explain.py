@@ -33,6 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
+from xtf.cache import atomic_write_text
+
 KNOWN_ORDER = ("ri", "kn", "tr")
 # 10 light colours, index 0 = the "noise" side (warm), 9 = the clean side (cool); dark text stays readable.
 PALETTE = ("#f4a582", "#f7b799", "#f9c9b0", "#fbdbc8", "#fdeee3", "#eef3f8", "#dde9f3", "#cbdfee", "#b9d4e9",
@@ -297,8 +299,6 @@ def write_inputs(run_dir: Path, rows: list[dict], tokenizer, keeps: list, noisy:
     `selection` (an online method's xtf.online.selection_shares): each token's share of training steps in which
     it was selected becomes the "selected" score of the page, and selection.npz (share per token, visits per
     row, flat with row lengths) is saved with the run."""
-    from xtf.cache import atomic_write_text
-
     attrs = [a for a in KNOWN_ORDER if a in noisy]
     if selection is not None:
         scores = {**scores, SELECTED: selection["share"]}

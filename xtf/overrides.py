@@ -21,6 +21,7 @@ from pathlib import Path
 
 import yaml
 
+from xtf import tasks
 from xtf.config import schema_defaults
 from xtf.errors import ConfigError
 
@@ -50,8 +51,6 @@ def _unknown(key: str, prefix: str, names, where: str = "") -> ConfigError:
 
 
 def _task_option_keys(task: str) -> list[str] | None:
-    from xtf import tasks
-
     module = tasks.TASKS.get(task)
     return None if module is None else [f.name for f in dataclasses.fields(module.Options)]
 

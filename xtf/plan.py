@@ -19,7 +19,14 @@ import math
 from dataclasses import dataclass
 from typing import Optional
 
+from xtf.config import register_schema
+from xtf.data import select
+from xtf.distributed import Runtime, batch_split, check
 from xtf.errors import ConfigError
+from xtf.experiment import CONF, ROOT, load_experiment
+from xtf.lm_loss import chunk_rows
+from xtf.masking import scores_needed
+from xtf.validate import validate
 
 GIB = 2**30
 THROUGHPUT = "experiments/throughput.json"
@@ -148,8 +155,6 @@ def logits_bytes(a: Arch, s: Setup) -> float:
       kept     the same at the trained positions only, [N, vocab]; N <= micro_batch x max_len, counted at that
                upper bound (prompt positions are never trained, so the real N is smaller);
       chunked  at most [chunk_rows(vocab), vocab] float32 logits and their gradient at a time, never saved."""
-    from xtf.lm_loss import chunk_rows
-
     positions = s.micro_batch * s.seq_len
     if s.loss_impl == "chunked":
         return min(chunk_rows(a.vocab), positions) * a.vocab * (4 + 4)
@@ -203,8 +208,6 @@ def world_of(cluster: dict) -> tuple[int, int]:
 
 
 def setup_of(run, world: int, **changes) -> Setup:
-    from xtf.distributed import batch_split
-
     micro, _ = batch_split(run.train.batch_size, run.train.grad_accum, world)
     d = 4 if run.model.dtype == "float32" else 2
     mode = run.train.mode if run.method.finetune else "eval"
@@ -261,8 +264,6 @@ def refusal(run, world: int) -> Optional[str]:
     """What xtf.distributed.check would refuse at the start of the job on a GPU (LoRA with a sharded strategy, a
     global batch the world size does not divide, ...), or None. Whether the deepspeed package is installed is a
     question about the cluster's environment, not this machine's, so that refusal is not repeated here."""
-    from xtf.distributed import Runtime, check
-
     strategy = "ddp" if run.dist.strategy == "none" and world > 1 else run.dist.strategy
     try:
         check(run.dist, run.train, Runtime(world_size=world, strategy=strategy), on_gpu=True)
@@ -304,8 +305,6 @@ def fit_problem(cfg, name: str = "") -> Optional[str]:
     it cannot be checked, the profile has no GPUs, or cluster.plan_check=false)."""
     from omegaconf import OmegaConf, open_dict, read_write
 
-    from xtf.validate import validate
-
     cluster = OmegaConf.to_container(cfg.cluster, resolve=True) if "cluster" in cfg else {}
     if not cluster.get("plan_check", True) or not cluster.get("gpus_per_node"):
         return None
@@ -323,8 +322,6 @@ def train_tokens(run, cache: dict) -> tuple[int, int, str]:
     data.max_len; else the task's known train size x data.max_len (an upper bound)."""
     key = (run.task.name, json.dumps(run.task.options, sort_keys=True), run.data, run.paths.data_dir)
     if key not in cache:
-        from xtf.data import select
-
         try:
             rows = select(run).train
             n = sum(min(run.data.max_len, math.ceil(len(e["prompt"] + e["response"]) / CHARS_PER_TOKEN)) for e in rows)
@@ -343,8 +340,6 @@ def flops(run, a: Arch, s: Setup, tokens: int, rows: int) -> dict[str, float]:
     forward); scoring forwards 2P per training token (a base pass for the base model's scores, another for a
     reference model's); a reference model's LoRA fine-tune on method.reference_warmup rows (TC, SLM); DA's
     paraphrases as 2P per generated token. Attention's s^2 FLOPs are left out (small at 512 tokens)."""
-    from xtf.masking import scores_needed
-
     p = a.params or param_count(a)
     if s.mode == "eval":
         return {"train": 0.0, "scoring": 0.0}
@@ -391,10 +386,6 @@ def plan_experiment(spec_path: str, overrides: list[str], stand_in: bool = False
     """One row per cell of the spec (seeds share a plan): its verdict, tokens and GPU-hours per seed."""
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
-
-    from xtf.config import register_schema
-    from xtf.validate import validate
-    from xtf.experiment import CONF, ROOT, load_experiment
 
     spec = load_experiment(spec_path, stand_in=stand_in)
     table, cache, rows, cluster = load_throughput(ROOT), {}, [], {}

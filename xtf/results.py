@@ -22,7 +22,7 @@ import time
 from importlib import metadata
 from pathlib import Path
 
-from xtf import __version__, distributed
+from xtf import __version__, data, distributed, models, tasks
 from xtf.cache import atomic_write_text, key_of
 from xtf.config import RunConfig
 from xtf.errors import ConfigError, DataError, WeightsNotFound
@@ -69,8 +69,6 @@ def run_id_fields(cfg: RunConfig) -> dict:
     # id only when changed from their defaults, so earlier runs keep their ids.
     fields["method"] = {k: v for k, v in fields["method"].items()
                         if not _omitted_at_default(type(cfg.method), k, getattr(cfg.method, k))}
-    from xtf import tasks
-
     evaluation = getattr(tasks.TASKS[cfg.task.name], "EVALUATION", "exact_match")
     ev = dict(fields["eval"])
     if evaluation != "pass_at_k":
@@ -96,8 +94,6 @@ def content_identity(cfg: RunConfig) -> dict:
     Hashes and loads are remembered, keyed by each file's stat (xtf.identity: inode and ctime too; xtf.data.select),
     so this is cheap after the pipeline's own load and still sees a file changed in place. Raises WeightsNotFound /
     DataError when the weights or the data are unavailable."""
-    from xtf import data, models
-
     out = {}
     if not cfg.model.tiny:
         weights = models.resolve_weights(cfg.model, cfg.paths.cache_dir)
