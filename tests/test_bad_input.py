@@ -11,10 +11,11 @@ from conftest import compose
 
 from xtf import data, models
 from xtf.cache import atomic_write_text, cached_dir, write_manifest
-from xtf.config import ConfigError, validate
+from xtf.config import ConfigError
 from xtf.pipeline import run
 from xtf.tasks.common import DataError
 from xtf.train import last_checkpoint
+from xtf.validate import validate
 
 TINY = ["model=tiny_llama", "data.limit=16", "data.eval_limit=4", "wandb.mode=disabled"]
 

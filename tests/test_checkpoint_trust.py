@@ -13,9 +13,9 @@ from conftest import compose
 import xtf.train
 from xtf import checkpoints, pipeline
 from xtf.cache import write_manifest
-from xtf.config import validate
 from xtf.finite import NonFiniteError
 from xtf.results import outputs_dir, run_dir
+from xtf.validate import validate
 
 # LoRA on the random tiny Llama: 6 optimiser steps (24 rows, 4 a step), a checkpoint every 2 (the newest 2 kept).
 RUN = ["model=tiny_llama", "task.options.n_train=24", "task.options.n_test=4", "train.batch_size=4",

@@ -7,8 +7,9 @@ from conftest import CONF, ROOT, compose
 from hydra.errors import ConfigCompositionException, MissingConfigException
 
 from xtf.cache import key_of
-from xtf.config import LR_SCHEDULERS, ConfigError, RunConfig, validate
+from xtf.config import LR_SCHEDULERS, ConfigError, RunConfig
 from xtf.results import run_id, run_id_fields
+from xtf.validate import validate
 
 MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
 TASKS = sorted(p.stem for p in (CONF / "task").glob("*.yaml"))

@@ -7,7 +7,7 @@ import logging
 from conftest import compose
 
 from xtf import data
-from xtf.config import validate
+from xtf.validate import validate
 
 
 def test_a_limit_above_the_split_is_printed_and_recorded(caplog):

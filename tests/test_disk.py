@@ -11,8 +11,9 @@ from conftest import compose
 from test_explain import make_run
 
 from xtf import disk, explain
-from xtf.config import ConfigError, validate
+from xtf.config import ConfigError
 from xtf.pipeline import run
+from xtf.validate import validate
 
 Usage = collections.namedtuple("Usage", "total used free")
 

@@ -15,8 +15,9 @@ import torch
 from conftest import ROOT, compose
 
 from xtf import distributed
-from xtf.config import ConfigError, DistConfig, TrainConfig, validate
+from xtf.config import ConfigError, DistConfig, TrainConfig
 from xtf.results import run_id
+from xtf.validate import validate
 
 # A LoRA cell that scores (method=xtf: the forward group, sharded, and TR), trains 16 steps and generates.
 CELL = ["model=tiny_llama", "method=xtf", "task.options.n_train=32", "task.options.n_test=8", "train.batch_size=4",

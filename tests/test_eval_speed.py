@@ -16,10 +16,11 @@ import torch
 from conftest import compose
 
 from xtf import lmeval, tiny
-from xtf.config import ConfigError, EvalConfig, ModelConfig, validate
+from xtf.config import ConfigError, EvalConfig, ModelConfig
 from xtf.generation import StopOnStrings, generate_many, token_budget_batches
 from xtf.results import run_id
 from xtf.tasks import gsm8k
+from xtf.validate import validate
 
 SMALL = dict(hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64, vocab_size=1024)  # as test_lmeval
 

@@ -11,10 +11,11 @@ import pytest
 from conftest import compose
 
 from xtf import decisions
-from xtf.config import ConfigError, validate
+from xtf.config import ConfigError
 from xtf.export import ExportError, export_run, main
 from xtf.pipeline import run
 from xtf.results import run_dir, run_id
+from xtf.validate import validate
 
 TINY = ["model.pretrain_steps=40", "train.batch_size=8", "train.logging_steps=1"]
 # Synthetic maths with injected filler: the rows carry ground-truth noise, so detection figures exist.

@@ -9,9 +9,9 @@ import importlib.util
 import pytest
 from conftest import IN_CI, compose
 
-from xtf.config import validate
 from xtf.pipeline import run
 from xtf.results import run_dir
+from xtf.validate import validate
 
 TINY = ["model.pretrain_steps=40", "task.options.n_train=12", "task.options.n_test=2", "task.options.filler_rate=0.3"]
 

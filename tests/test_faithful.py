@@ -43,7 +43,8 @@ import pytest
 from conftest import ROOT, compose
 
 from xtf import masking, official, rules
-from xtf.config import MethodConfig, validate
+from xtf.config import MethodConfig
+from xtf.validate import validate
 
 FIXTURES = {"rows0": "released_xtf_gsm8k.json", "mid": "released_xtf_gsm8k_mid.json"}
 ATTRS = {"1.0_0.0_0.0": ("ri",), "0.0_1.0_0.0": ("kn",), "0.0_0.0_1.0": ("tr",), "1.0_1.0_1.0": ("ri", "kn", "tr")}

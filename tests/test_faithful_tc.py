@@ -148,11 +148,11 @@ def test_tc_end_to_end_on_smollm2(released, tmp_path):
     from conftest import compose
 
     from xtf import scoring
-    from xtf.config import validate
     from xtf.data import tokenize
     from xtf.models import load_model, load_tokenizer, pick_device
     from xtf.tasks import gsm8k
     from xtf.tasks.common import RowChecker
+    from xtf.validate import validate
 
     folder = smollm2_folder(released, tmp_path)
     cfg = validate(compose(["model=smollm2_135m"]))

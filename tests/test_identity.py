@@ -7,9 +7,9 @@ import shutil
 from conftest import compose
 from test_bad_input import gsm8k_dir, gsm8k_row
 
-from xtf.config import validate
 from xtf.identity import weights_identity
 from xtf.pipeline import run
+from xtf.validate import validate
 
 
 def test_weights_tokenizer_and_data_enter_the_run_id_and_the_score_cache(tmp_path, run_overrides, session_cache,

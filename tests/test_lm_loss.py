@@ -13,9 +13,9 @@ import torch
 from conftest import compose
 
 from xtf import lm_loss
-from xtf.config import validate
 from xtf.results import run_id
 from xtf.train import IGNORE, Collator, Throughput, step_loss
+from xtf.validate import validate
 
 
 def _model(family: str, lora: bool = False):

@@ -12,10 +12,10 @@ import pytest
 import torch
 from conftest import ROOT, compose
 
-from xtf.config import validate
 from xtf.online import slm_select
 from xtf.pipeline import run
 from xtf.train import IGNORE
+from xtf.validate import validate
 
 SMALL = ["model.pretrain_steps=40", "train.batch_size=8", "task.options.n_train=64", "task.options.n_test=8",
          "method.reference_warmup=16"]

@@ -4,10 +4,11 @@ import numpy as np
 import pytest
 from conftest import compose
 
-from xtf.config import ModelConfig, validate
+from xtf.config import ModelConfig
 from xtf.data import tokenize, tokenize_cached
 from xtf.masking import oracle
 from xtf.pipeline import run
+from xtf.validate import validate
 
 NOISY = ["task.options.filler_rate=0.3", "task.options.distractor_rate=0.2", "task.options.corruption_rate=0.2"]
 

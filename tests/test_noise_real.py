@@ -13,10 +13,11 @@ import pytest
 from conftest import compose, require_shared_data
 
 from xtf import noise
-from xtf.config import ConfigError, DataConfig, ModelConfig, PathsConfig, validate
+from xtf.config import ConfigError, DataConfig, ModelConfig, PathsConfig
 from xtf.data import tokenize
 from xtf.masking import detection, method_score, oracle
 from xtf.tasks import gsm8k
+from xtf.validate import validate
 
 ALL = {k: 0.3 for k in noise.NOISE_KINDS}
 STEPS = ["Natalia sold 48/2 = 24 clips in May.", "Weng earns 12/60 = $0.2 per minute.",

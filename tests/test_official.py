@@ -21,8 +21,8 @@ import yaml
 from conftest import CONF, ROOT, compose
 
 from xtf import official, rules
-from xtf.config import validate
 from xtf.tasks import gsm8k
+from xtf.validate import validate
 
 MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
 TASKS = sorted(p.stem for p in (CONF / "task").glob("*.yaml"))
@@ -47,7 +47,7 @@ def composed(*overrides: str) -> dict:
     """validate(compose(...)) as a plain dict, plus its task options in full."""
     import dataclasses
 
-    from xtf.config import task_options
+    from xtf.tasks import task_options
 
     cfg = validate(compose(list(overrides)))
     return {**dataclasses.asdict(cfg), "task_options": dataclasses.asdict(task_options(cfg))}

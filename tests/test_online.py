@@ -14,10 +14,11 @@ import torch
 from conftest import compose
 
 from xtf import augment, masking, online, sstoken
-from xtf.config import MethodConfig, ProFitConfig, SSTokenConfig, STMConfig, validate
+from xtf.config import MethodConfig, ProFitConfig, SSTokenConfig, STMConfig
 from xtf.online import IGNORE, Step
 from xtf.pipeline import run
 from xtf.train import masked_loss
+from xtf.validate import validate
 
 
 def _method(**kw):

@@ -9,8 +9,8 @@ import importlib.metadata as md
 import pytest
 from conftest import IN_CI, compose, require_shared_data
 
-from xtf.config import validate
 from xtf.pipeline import run
+from xtf.validate import validate
 
 pytestmark = pytest.mark.real
 REAL = ["model=smollm2_135m", "task=gsm8k", "data.limit=8", "data.eval_limit=2", "eval.max_new_tokens=8",

@@ -10,9 +10,9 @@ import time
 import pytest
 from conftest import ROOT, compose, require_bwrap, require_shared_data
 
-from xtf.config import validate
 from xtf.pipeline import run
 from xtf.results import run_dir
+from xtf.validate import validate
 
 # A small but real run: the tiny pre-trained base (short pre-training), 64 synth problems, 2 epochs.
 TINY = ["model.pretrain_steps=40", "train.batch_size=8", "train.logging_steps=1"]

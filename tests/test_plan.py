@@ -9,8 +9,8 @@ import pytest
 from conftest import ROOT, compose
 
 from xtf import plan
-from xtf.config import validate
 from xtf.plan import ARCH, GIB, Arch, Setup, memory
+from xtf.validate import validate
 
 TINY = Arch(layers=2, hidden=8, intermediate=16, heads=2, kv_heads=1, vocab=10, tied=True)
 EIGHT_GPUS = ["cluster=slurm", "cluster.gpus_per_node=8", "++cluster.tasks_per_node=8"]

@@ -16,11 +16,12 @@ import pytest
 from conftest import compose
 
 from xtf import explain, masking
-from xtf.config import MethodConfig, ModelConfig, STMConfig, validate
+from xtf.config import MethodConfig, ModelConfig, STMConfig
 from xtf.data import tokenize, tokenize_cached
 from xtf.results import run_id, run_id_fields
 from xtf.tasks import gsm8k, medqa, pubmedqa
 from xtf.tasks.common import RowChecker
+from xtf.validate import validate
 
 GSM8K_ROW = {"question": "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in "
                          "May. How many clips did Natalia sell altogether in April and May?",

@@ -14,10 +14,10 @@ from conftest import compose
 from test_tables import PAPER, _spec
 
 from xtf import identity, results, tasks
-from xtf.config import validate
 from xtf.identity import changed_stages, code_hashes, file_sha256, task_files
 from xtf.summary import code_warning, compare_lines, stale_code_lines, summary_lines
 from xtf.tables import write_tables
+from xtf.validate import validate
 
 NEVER_RACY = -(10 ** 18)  # every hash remembered, however recent the file's change
 

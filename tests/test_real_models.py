@@ -118,8 +118,8 @@ def test_gemma3_sliding_window_layers_are_handled(gemma):
 
 
 def _run(tmp_path, cache, *extra):
-    from xtf.config import validate
     from xtf.pipeline import run
+    from xtf.validate import validate
 
     require_shared_data()
     overrides = ["model=smollm2_135m", "task=gsm8k", "method=xtf", "data.limit=8", "data.eval_limit=4",

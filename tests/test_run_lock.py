@@ -13,8 +13,8 @@ from conftest import ROOT, compose
 
 from xtf import distributed, pipeline, run_lock
 from xtf.cache import file_lock
-from xtf.config import validate
 from xtf.results import outputs_dir, run_dir
+from xtf.validate import validate
 
 RUN = ["model=tiny_llama", "method=none", "task.options.n_train=8", "task.options.n_test=4",
        "eval.max_new_tokens=4", "eval.batch_size=4"]

@@ -12,8 +12,9 @@ import pytest
 from conftest import compose
 
 from xtf import chat, data
-from xtf.config import ConfigError, validate
+from xtf.config import ConfigError
 from xtf.tasks.common import DataError
+from xtf.validate import validate
 
 CHATML = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}{% endfor %}"
           "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")

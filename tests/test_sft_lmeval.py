@@ -11,8 +11,9 @@ import json
 import pytest
 from conftest import ROOT, compose
 
-from xtf.config import ConfigError, validate
+from xtf.config import ConfigError
 from xtf.pipeline import run
+from xtf.validate import validate
 
 TASK_YAML = """task: my_choice
 dataset_path: json

@@ -17,8 +17,8 @@ import pytest
 from conftest import IN_CI, compose, require_shared_data
 
 from xtf import data
-from xtf.config import validate
 from xtf.pipeline import run
+from xtf.validate import validate
 
 pytestmark = pytest.mark.real
 N_ROWS = 200

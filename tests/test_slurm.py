@@ -16,8 +16,9 @@ from conftest import IN_CI, ROOT, compose
 from omegaconf import OmegaConf
 
 from xtf.cache import MANIFEST
-from xtf.config import register_schema, validate
+from xtf.config import register_schema
 from xtf.results import run_id
+from xtf.validate import validate
 
 DEV = ROOT / "slurm" / "dev-cluster"
 # Tiny random Llama, 300 optimiser steps with a checkpoint every 10 (~10 s on an idle 2-core CPU, minutes on a

@@ -15,8 +15,8 @@ from conftest import ROOT, compose
 from test_slurm import SLURM, cluster, slurm, wait_for  # noqa: F401 - `cluster` is the dev-cluster fixture
 
 from xtf.cache import MANIFEST
-from xtf.config import validate
 from xtf.results import run_id
+from xtf.validate import validate
 
 # 400 rows at a global batch of 8 (4 per rank): 100 optimiser steps, a checkpoint every 5 (3 s of training on an
 # idle 2-core CPU, a minute or two on a busy one): the preemption lands right after the first checkpoint, ~95

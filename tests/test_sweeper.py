@@ -12,8 +12,8 @@ from conftest import ROOT, compose
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from hydra_plugins.xtf_sweeper.xtf_sweeper import cartesian_product
-from xtf.config import validate
 from xtf.results import run_dir
+from xtf.validate import validate
 
 FAST = ["debug=fast", "data.limit=16", "data.eval_limit=4"]
 

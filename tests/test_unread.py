@@ -12,8 +12,9 @@ import yaml
 from conftest import ROOT, compose
 
 from xtf import masking
-from xtf.config import ConfigError, validate
+from xtf.config import ConfigError
 from xtf.unread import check_overrides_read, unread_reason
+from xtf.validate import validate
 
 REFUSED = [  # (overrides, the key named, words of the reason)
     (["model=tiny", "model.path=/weights"], "model.path=/weights", "builds its weights"),

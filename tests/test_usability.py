@@ -81,7 +81,7 @@ def test_base_model_evaluation_is_computed_once_across_seeds_and_predictions_car
 
     from xtf import evaluate as ev
     from xtf import humaneval, tasks
-    from xtf.config import validate
+    from xtf.validate import validate
 
     calls = []
 

@@ -26,6 +26,8 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from xtf import cache, models
+from xtf.config import ModelConfig, build_dataclass
+from xtf.errors import ConfigError
 from xtf.generation import generate_many, normalise
 from xtf.scoring import model_identity
 
@@ -78,8 +80,6 @@ def generator_config(name: str | None, cfg):
     run's own model for None."""
     if name is None:
         return cfg.model
-    from xtf.config import ConfigError, ModelConfig, build_dataclass
-
     folder = Path(__file__).resolve().parents[1] / "conf" / "model"
 
     def raw(n: str) -> dict:
@@ -101,8 +101,6 @@ def paraphrase(cfg, task, examples: list[dict], device) -> tuple[list[dict], dic
     """DA: generate `method.da.n` paraphrases per example with the generator, keep the answer-preserving ones;
     cached by content."""
     if not task.EXTRACTORS:  # e.g. task=sft: your data has no final answer to check a paraphrase against
-        from xtf.config import ConfigError
-
         raise ConfigError(f"method=da keeps a paraphrase only when the task's answer extractor reads the same final "
                           f"answer from it, and task={cfg.task.name} has no extractor; choose another method")
     da = cfg.method.da

@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from xtf import ranks
+
 try:
     import fcntl  # POSIX; without it (Windows) builds are not serialised, which costs time, never correctness
 except ImportError:  # pragma: no cover
@@ -217,9 +219,7 @@ def build_lock(cache_dir: Path, kind: str, key: str) -> Iterator[None]:
     rename in `cached_dir` keeps the result whole either way.
     The ranks of one distributed run never lock: a build may run collectives (every rank evaluating its share),
     and a rank waiting here would stall the one holding the lock; they coordinate through xtf.distributed."""
-    from xtf import distributed  # lazy: the distributed runtime imports torch
-
-    if distributed.runtime().world_size != 1:
+    if ranks.runtime().world_size != 1:
         yield
         return
     with file_lock(Path(cache_dir) / ".locks" / f"{kind}-{key}.lock",

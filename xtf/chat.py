@@ -25,7 +25,7 @@ import weakref
 from dataclasses import dataclass
 from typing import Optional
 
-from xtf.tasks.common import DataError
+from xtf.errors import DataError
 
 ROLES = ("system", "user", "assistant")
 PLAIN_LABEL = {"user": "User: ", "assistant": "Assistant: "}

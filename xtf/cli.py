@@ -20,20 +20,18 @@ from omegaconf import DictConfig
 
 from xtf import threads
 from xtf.config import register_schema
+from xtf.errors import ConfigError, DataError, RunBusy, WeightsNotFound
 from xtf.overrides import CONF, exit_on_bad_overrides
+from xtf.quiet import remove_failed_outputs, silence_known_warnings
+from xtf.sandbox_bwrap import SandboxUnavailable
 
 log = logging.getLogger("xtf")
 
 
 def _run(cfg: DictConfig) -> None:
-    from xtf.config import ConfigError, validate
-    from xtf.models import WeightsNotFound
-    from xtf.pipeline import run
-    from xtf.quiet import remove_failed_outputs, silence_known_warnings
-    from xtf.run_lock import RunBusy
-    from xtf.sandbox import SandboxUnavailable
-    from xtf.tasks.common import DataError
-    from xtf.unread import check_overrides_read
+    # Imported here, not above: --help and a bad override (xtf.overrides) are answered without loading torch.
+    from xtf.unread import check_overrides_read  # the method registry (xtf.masking) imports torch
+    from xtf.validate import validate  # the method registry (xtf.masking) imports torch
 
     silence_known_warnings()
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
@@ -43,6 +41,8 @@ def _run(cfg: DictConfig) -> None:
         run_cfg = validate(cfg)
         check_overrides_read(run_cfg, list(HydraConfig.get().overrides.task), sys.argv[1:])  # model=tiny model.path=
         threads.apply()  # torch's CPU threads for this run, from the cores other jobs leave free (recorded)
+        from xtf.pipeline import run  # torch, transformers (~a minute on a busy machine): after the config is valid
+
         run(run_cfg)
     except BaseException as e:
         if not multirun:  # its Hydra folder (outputs/hydra/<date>/<time>) is noise; XTF_KEEP_FAILED_OUTPUTS=1 keeps it

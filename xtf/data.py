@@ -36,7 +36,9 @@ from typing import Optional
 import numpy as np
 from tqdm.auto import tqdm
 
-from xtf import cache, chat
+from xtf import cache, chat, tasks
+from xtf.detection import span_labels as overlap_labels
+from xtf.errors import ConfigError
 from xtf.identity import stat_key
 from xtf.tasks.common import DataError, TaskData, sha256_examples
 
@@ -92,9 +94,6 @@ def select(cfg) -> Selection:
     """Load the task's data and pick the rows the run uses (load → carve dev → data.limit / data.eval_limit).
     Remembered per process by the config keys that decide it, so asking again (run ids) costs nothing.
     Raises DataError for an empty training set or an empty evaluation set."""
-    from xtf import tasks
-    from xtf.config import task_options
-
     key = cache.key_of({"task": dataclasses.asdict(cfg.task), "data": dataclasses.asdict(cfg.data),
                         "data_dir": cfg.paths.data_dir, "hub_mirror": cfg.paths.hub_mirror,
                         "split": cfg.eval.split, "eval": cfg.eval.enabled,
@@ -103,7 +102,7 @@ def select(cfg) -> Selection:
     if key in _selections:
         _selections.move_to_end(key)
         return _selections[key]
-    task_data = tasks.TASKS[cfg.task.name].load(task_options(cfg), cfg.data, cfg.paths)
+    task_data = tasks.TASKS[cfg.task.name].load(tasks.task_options(cfg), cfg.data, cfg.paths)
     skipped = f" ({task_data.skipped_rows} malformed rows skipped)" if task_data.skipped_rows else ""
     if not task_data.splits["train"]:
         raise DataError(f"the training split of task={cfg.task.name} is empty: {task_data.source} has no training "
@@ -241,8 +240,6 @@ def chat_truth(example: dict, spans: list) -> dict[str, list[bool]]:
     """Ground-truth noise of a chat example, {type: [bool]} aligned to input_ids (`spans`: xtf.chat.encode's): an
     assistant turn may carry `noise_spans` [[start, end, type], ...] (character offsets into its content); a token is
     noise of a type when its characters overlap a span of that type (xtf.detection.span_labels)."""
-    from xtf.detection import span_labels as overlap_labels
-
     kinds = sorted({s[2] for m in example["messages"] for s in m.get("noise_spans", [])})
     truth = {k: [False] * len(spans) for k in kinds}
     for i, m in enumerate(example["messages"]):
@@ -259,8 +256,6 @@ def chat_truth(example: dict, spans: list) -> dict[str, list[bool]]:
 def span_labels(tokenizer, response: str, spans: list, n_tokens: int) -> dict[str, list[bool]]:
     """Ground-truth noise per response token: {type: [bool] * n_tokens}, from the character spans and the
     tokenizer's offsets (overlap rule: xtf.detection.span_labels). Needs a fast tokenizer."""
-    from xtf.detection import span_labels as overlap_labels
-
     enc = tokenizer(response, add_special_tokens=False, return_offsets_mapping=True)
     if len(enc["input_ids"]) != n_tokens:
         raise AssertionError("offset tokenisation differs from the training tokenisation")
@@ -378,8 +373,6 @@ def tokenize_cached(tokenizer, examples: list[dict], max_len: int, truncation: s
     meta = json.loads((folder / "meta.json").read_text())
     stats = meta["stats"]
     if examples and not stats["n_rows"]:  # say why, before a model is loaded (not "every sample is fully masked")
-        from xtf.config import ConfigError
-
         raise ConfigError(f"no {split} example fits in data.max_len={max_len}: all {stats['n_examples']} were dropped "
                           f"(the prompt alone fills max_len, or data.truncation=drop cut every long example); "
                           f"raise data.max_len")

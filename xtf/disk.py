@@ -16,7 +16,8 @@ import shutil
 from pathlib import Path
 
 from xtf import identity
-from xtf.config import ConfigError, RunConfig
+from xtf.config import RunConfig
+from xtf.errors import ConfigError
 
 MIB = 2**20
 RUN_FILES_FLOOR = 16 * MIB       # report page and plots, summaries, predictions of a small run

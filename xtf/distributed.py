@@ -26,7 +26,6 @@ per-micro-batch loss normalisation): the losses equal one process's up to float 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import datetime
 import importlib.util
 import logging
@@ -35,34 +34,18 @@ from typing import Any
 
 import torch
 
+from xtf.config import DistConfig
+from xtf.errors import ConfigError
+from xtf.models import pick_device
+from xtf.ranks import STATE as _state  # the state of this process's run: shared with xtf.ranks
+from xtf.ranks import Runtime, is_main, runtime  # noqa: F401 - re-exported: distributed.runtime() etc.
+
 log = logging.getLogger(__name__)
 
 
-@dataclasses.dataclass(frozen=True)
-class Runtime:
-    """This process's place in the run: rank, world size, and the strategy in effect (after `none` → `ddp`)."""
-    rank: int = 0
-    local_rank: int = 0
-    world_size: int = 1
-    local_world_size: int = 1
-    strategy: str = "none"
-    backend: str | None = None           # gloo | nccl (None: one process)
-    launcher: str | None = None          # torchrun (any launcher that sets RANK/WORLD_SIZE) | slurm | None
-
-
-_state: dict[str, Any] = {"runtime": Runtime(), "dist": None, "train": None, "collective": False,
-                          "owns_group": False}
-
-
-def runtime() -> Runtime:
-    return _state["runtime"]
-
-
-def is_main() -> bool:
-    return runtime().rank == 0
-
-
 # ------------------------------------------------------------------------------------------- launch environment
+
+
 def slurm_step_tasks(environ=os.environ) -> int:
     """Tasks of the SLURM step this process belongs to (srun / submitit with tasks_per_node or nodes > 1): the
     batch script itself has no step task count, so a plain `sbatch` of one process is never taken for a rank."""
@@ -108,8 +91,6 @@ def runtime_from_env(strategy: str, on_gpu: bool, environ=os.environ, launcher: 
 def device(requested: str) -> torch.device:
     """This rank's device: cuda:LOCAL_RANK (modulo the visible GPUs, for sites that bind one GPU per task) when
     CUDA is used by a multi-process run; else as xtf.models.pick_device."""
-    from xtf.models import pick_device
-
     picked = pick_device(requested)
     rt = runtime()
     if picked.type == "cuda" and rt.world_size > 1 and picked.index is None:
@@ -119,8 +100,6 @@ def device(requested: str) -> torch.device:
 
 def check(dist_cfg, train_cfg, rt: Runtime, on_gpu: bool) -> None:
     """Strategy choices that cannot work, refused before any work, naming the key and what to change."""
-    from xtf.config import ConfigError
-
     if rt.strategy == "deepspeed" and importlib.util.find_spec("deepspeed") is None:
         raise ConfigError("dist.strategy=deepspeed needs the deepspeed package (pip install deepspeed, on a machine "
                           "with CUDA); or use dist.strategy=fsdp, which needs nothing beyond torch")
@@ -277,8 +256,6 @@ def batch_split(batch_size: int, grad_accum: int, world_size: int) -> tuple[int,
     grad_accum (the global batch). The micro-batch stays `batch_size` when world_size divides grad_accum (same
     micro-batches, same per-micro-batch loss normalisation as one process); else it is the largest divisor of
     the per-rank share that is <= batch_size."""
-    from xtf.config import ConfigError
-
     total = batch_size * grad_accum
     if total % world_size:
         raise ConfigError(f"the global batch train.batch_size x train.grad_accum = {batch_size} x {grad_accum} = "
@@ -296,8 +273,6 @@ def trainer_kwargs(train_cfg, model_cfg, model, on_gpu: bool) -> dict:
     backend, FSDP2 (accelerate) or DeepSpeed ZeRO (accelerate) with activation checkpointing and mixed precision.
     In one process with the default `dist` this is exactly what xtf.train passed before distribution existed:
     train.batch_size, train.grad_accum, bf16 on GPU when model.dtype=bfloat16."""
-    from xtf.config import DistConfig
-
     dist_cfg = _state["dist"] or DistConfig()
     rt = runtime()
     _state["train"] = train_cfg

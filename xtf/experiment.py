@@ -34,7 +34,6 @@ Spec format (see experiments/*.yaml for real ones):
 from __future__ import annotations
 
 import argparse
-import contextlib
 import itertools
 import re
 import time
@@ -42,18 +41,24 @@ from pathlib import Path
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-CONF = ROOT / "conf"
-EXPERIMENTS = ROOT / "experiments"
-PAPER_NUMBERS = EXPERIMENTS / "paper_numbers.yaml"
+from xtf import tables
+from xtf.errors import SpecError
+from xtf.experiment_runs import (  # noqa: F401 - re-exported: `from xtf.experiment import expand` etc.
+    CONF,
+    EXPERIMENTS,
+    PAPER_NUMBERS,
+    ROOT,
+    cell_overrides,
+    collect,
+    composer,
+    expand,
+)
+from xtf.table_spec import check_plot, check_table
+
 LISTED = "cell"  # the coordinate of a spec with listed cells
 _TOP_KEYS = ("name", "description", "base", "seeds", "cells", "grid", "exclude", "table", "plot", "stand_in")
 STAND_IN_SUFFIX = "_tiny"
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
-
-
-class SpecError(ValueError):
-    """A malformed experiment spec; the message names the file, the key and what is allowed."""
 
 
 def _fail(path, key: str, problem: str) -> None:
@@ -191,10 +196,8 @@ def load_experiment(path: str | Path, stand_in: bool = False) -> dict:
     _check_duplicates(path, "base", base)
     for label in spec["cells"]:
         _check_duplicates(path, f"cell {label!r}", spec["cells"][label])
-    from xtf import tables  # the table and plot layouts are checked where they are rendered
-
-    spec["table"] = tables.check_table(path, raw["table"], spec)
-    spec["plot"] = tables.check_plot(path, raw.get("plot"), spec) if raw.get("plot") else None
+    spec["table"] = check_table(path, raw["table"], spec)
+    spec["plot"] = check_plot(path, raw.get("plot"), spec) if raw.get("plot") else None
     spec["has_stand_in"] = "stand_in" in raw
     return _stand_in(path, spec, raw.get("stand_in")) if stand_in else spec
 
@@ -261,28 +264,6 @@ def _check_duplicates(path, where: str, overrides: list[str]) -> None:
         _fail(path, where, f"key {dup[0]!r} is set twice")
 
 
-def cell_overrides(spec: dict, label: str, seed: int) -> list[str]:
-    return [*spec["base"], *spec["cells"][label], f"seed={seed}", f"experiment={spec['name']}"]
-
-
-def expand(spec: dict) -> list[tuple[str, int, list[str]]]:
-    """Every run of the experiment: (cell label, seed, Hydra overrides), in table order. The one place that
-    turns a spec into runs (the Hydra sweeper and the tables both use it)."""
-    return [(label, seed, cell_overrides(spec, label, seed)) for label in spec["cells"] for seed in spec["seeds"]]
-
-
-@contextlib.contextmanager
-def composer():
-    """A function overrides -> validated RunConfig, with Hydra initialised once (~0.1 s a compose, not 0.2)."""
-    from hydra import compose, initialize_config_dir
-
-    from xtf.config import register_schema, validate
-
-    register_schema()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        yield lambda overrides: validate(compose(config_name="config", overrides=overrides))
-
-
 def run_missing(path: str | Path) -> int:
     """Run the experiment's missing runs through the one grid engine, the Hydra sweeper (the same as
     `make sweep EXP=<name>`: complete cells skipped, one batch, a per-cell summary); its exit status."""
@@ -293,31 +274,11 @@ def run_missing(path: str | Path) -> int:
     return subprocess.run(cmd, cwd=ROOT).returncode
 
 
-def collect(spec: dict) -> dict[str, list[dict]]:
-    """Complete local records per cell label, found by composing each run's config (its run id); missing runs
-    are simply absent. An experiment with no record at all is answered without composing every run."""
-    from xtf.results import experiment_dir, load_record, run_dir
-
-    runs = expand(spec)
-    out: dict[str, list[dict]] = {}
-    with composer() as compose:
-        folder = experiment_dir(compose(runs[0][2]))
-        if not any(folder.glob("*/results.json")):
-            return out
-        for label, _seed, overrides in runs:
-            record = load_record(run_dir(compose(overrides)))
-            if record:
-                out.setdefault(label, []).append(record)
-    return out
-
-
 def spec_files() -> list[Path]:
     return sorted(p for p in EXPERIMENTS.glob("*.yaml") if p != PAPER_NUMBERS)
 
 
 def main(argv: list[str] | None = None) -> None:
-    from xtf import tables
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("spec", nargs="?", help="experiments/<name>.yaml")
     parser.add_argument("--table", action="store_true", help="only build its tables from existing records")

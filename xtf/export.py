@@ -46,7 +46,7 @@ from pathlib import Path
 
 import numpy as np
 
-from xtf import data, decisions, export_card
+from xtf import data, decisions, export_card, models
 from xtf.decisions import DecisionsError
 
 EXPORT_VERSION = 1            # bump when the columns or the card change
@@ -265,8 +265,6 @@ def export_run(run_dir, out_dir=None) -> Path:
     """Export the run in `run_dir` (module docstring) to `out_dir` (default <run_dir>/export); returns the folder.
     An existing export there is replaced; any other non-empty folder is refused."""
     from datasets import Dataset
-
-    from xtf import models
 
     run_dir = Path(run_dir).resolve()
     out = Path(out_dir).resolve() if out_dir else run_dir / "export"

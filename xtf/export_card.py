@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import shlex
 
+from xtf import online
+
 MARKER = "xtf_run_id:"        # in the card's front matter: how xtf.export recognises a folder it may replace
 
 
@@ -53,8 +55,6 @@ def _attribute_lines(stats: dict, method: str) -> list[str]:
 def _selection_lines(record: dict, stats: dict) -> list[str]:
     """What the labels mean for the method: an online method selects during training; a method that masked
     nothing exports every answer token."""
-    from xtf import online
-
     if record["method"] in online.ONLINE:
         shares = ", with `selected_share`: the share of training steps that selected each token" \
             if stats["selected_share"] else ""

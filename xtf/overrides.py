@@ -8,7 +8,7 @@ and the valid keys (exit status 2, no traceback). run.py calls it on sys.argv; t
     python run.py method=xtff     # ConfigError: method=xtff: no such option. Did you mean ['xtf', ...]? ...
 
 Only plain overrides (`key=value`) are checked; `+key=` / `++key=` / `~key` and `hydra.*` go to Hydra and to
-xtf.config.validate as before. The schema is xtf.config's (every key of RunConfig); `task.options.*` is checked
+xtf.validate.validate as before. The schema is xtf.config's (every key of RunConfig); `task.options.*` is checked
 against the chosen task's Options dataclass, `cluster.*` against the chosen conf/cluster profile.
 """
 
@@ -21,7 +21,9 @@ from pathlib import Path
 
 import yaml
 
-from xtf.config import ConfigError, schema_defaults
+from xtf import tasks
+from xtf.config import schema_defaults
+from xtf.errors import ConfigError
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -49,8 +51,6 @@ def _unknown(key: str, prefix: str, names, where: str = "") -> ConfigError:
 
 
 def _task_option_keys(task: str) -> list[str] | None:
-    from xtf import tasks
-
     module = tasks.TASKS.get(task)
     return None if module is None else [f.name for f in dataclasses.fields(module.Options)]
 

@@ -36,11 +36,13 @@ from xtf import (
     tasks,
     threads,
 )
-from xtf.config import RunConfig, check_model_fit, task_options
+from xtf.config import RunConfig
 from xtf.evaluate import EVAL_VERSION, evaluate
 from xtf.masking import MASK_VERSION
 from xtf.summary import most_masked, print_summary
+from xtf.tasks import task_options
 from xtf.train import TRAIN_VERSION, finetune
+from xtf.validate import check_model_fit
 
 log = logging.getLogger(__name__)
 

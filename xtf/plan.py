@@ -22,7 +22,14 @@ import math
 from typing import Optional
 
 # The memory arithmetic, pure functions of a shape and a setup; the names stay importable from here.
+from xtf.config import register_schema
+from xtf.data import select
+from xtf.distributed import Runtime, batch_split, check
+from xtf.errors import ConfigError
+from xtf.experiment import CONF, ROOT, load_experiment
+from xtf.masking import scores_needed
 from xtf.plan_memory import GIB, Arch, Setup, layer_params, lora_params, memory, param_count  # noqa: F401
+from xtf.validate import validate
 
 THROUGHPUT = "experiments/throughput.json"
 CHARS_PER_TOKEN = 4.0       # English BPE with 32k-152k vocabularies: ~3.5-4.5 characters per token (an estimate)
@@ -65,8 +72,6 @@ def world_of(cluster: dict) -> tuple[int, int]:
 
 
 def setup_of(run, world: int, **changes) -> Setup:
-    from xtf.distributed import batch_split
-
     micro, _ = batch_split(run.train.batch_size, run.train.grad_accum, world)
     d = 4 if run.model.dtype == "float32" else 2
     mode = run.train.mode if run.method.finetune else "eval"
@@ -123,9 +128,6 @@ def refusal(run, world: int) -> Optional[str]:
     """What xtf.distributed.check would refuse at the start of the job on a GPU (LoRA with a sharded strategy, a
     global batch the world size does not divide, ...), or None. Whether the deepspeed package is installed is a
     question about the cluster's environment, not this machine's, so that refusal is not repeated here."""
-    from xtf.config import ConfigError
-    from xtf.distributed import Runtime, check
-
     strategy = "ddp" if run.dist.strategy == "none" and world > 1 else run.dist.strategy
     try:
         check(run.dist, run.train, Runtime(world_size=world, strategy=strategy), on_gpu=True)
@@ -167,8 +169,6 @@ def fit_problem(cfg, name: str = "") -> Optional[str]:
     it cannot be checked, the profile has no GPUs, or cluster.plan_check=false)."""
     from omegaconf import OmegaConf, open_dict, read_write
 
-    from xtf.config import validate
-
     cluster = OmegaConf.to_container(cfg.cluster, resolve=True) if "cluster" in cfg else {}
     if not cluster.get("plan_check", True) or not cluster.get("gpus_per_node"):
         return None
@@ -186,8 +186,6 @@ def train_tokens(run, cache: dict) -> tuple[int, int, str]:
     data.max_len; else the task's known train size x data.max_len (an upper bound)."""
     key = (run.task.name, json.dumps(run.task.options, sort_keys=True), run.data, run.paths.data_dir)
     if key not in cache:
-        from xtf.data import select
-
         try:
             rows = select(run).train
             n = sum(min(run.data.max_len, math.ceil(len(e["prompt"] + e["response"]) / CHARS_PER_TOKEN)) for e in rows)
@@ -206,8 +204,6 @@ def flops(run, a: Arch, s: Setup, tokens: int, rows: int) -> dict[str, float]:
     forward); scoring forwards 2P per training token (a base pass for the base model's scores, another for a
     reference model's); a reference model's LoRA fine-tune on method.reference_warmup rows (TC, SLM); DA's
     paraphrases as 2P per generated token. Attention's s^2 FLOPs are left out (small at 512 tokens)."""
-    from xtf.masking import scores_needed
-
     p = a.params or param_count(a)
     if s.mode == "eval":
         return {"train": 0.0, "scoring": 0.0}
@@ -254,9 +250,6 @@ def plan_experiment(spec_path: str, overrides: list[str], stand_in: bool = False
     """One row per cell of the spec (seeds share a plan): its verdict, tokens and GPU-hours per seed."""
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
-
-    from xtf.config import register_schema, validate
-    from xtf.experiment import CONF, ROOT, load_experiment
 
     spec = load_experiment(spec_path, stand_in=stand_in)
     table, cache, rows, cluster = load_throughput(ROOT), {}, [], {}

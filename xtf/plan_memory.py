@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from xtf.lm_loss import chunk_rows
+
 GIB = 2**30
 OVERHEAD_GIB = 2.0          # CUDA context, cuBLAS / NCCL workspaces (assumed)
 FRAGMENTATION = 0.05        # caching-allocator fragmentation, as a share of the rest (assumed)
@@ -104,8 +106,6 @@ def logits_bytes(a: Arch, s: Setup) -> float:
       kept     the same at the trained positions only, [N, vocab]; N <= micro_batch x max_len, counted at that
                upper bound (prompt positions are never trained, so the real N is smaller);
       chunked  at most [chunk_rows(vocab), vocab] float32 logits and their gradient at a time, never saved."""
-    from xtf.lm_loss import chunk_rows
-
     positions = s.micro_batch * s.seq_len
     if s.loss_impl == "chunked":
         return min(chunk_rows(a.vocab), positions) * a.vocab * (4 + 4)

@@ -33,7 +33,8 @@ from pathlib import Path
 
 from xtf.plot_labels import PALETTE as COLOURS
 from xtf.plot_labels import label_styles, merge_same_runs
-from xtf.tables import MISSING, metric, summarise
+from xtf.table_render import MISSING
+from xtf.table_values import metric, summarise
 
 MARKERS = "osD^vP*Xph"
 

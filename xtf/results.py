@@ -22,9 +22,10 @@ import time
 from importlib import metadata
 from pathlib import Path
 
-from xtf import __version__, distributed
+from xtf import __version__, data, distributed, models, tasks
 from xtf.cache import atomic_write_text, key_of
 from xtf.config import RunConfig
+from xtf.errors import ConfigError, DataError, WeightsNotFound
 from xtf.identity import code_hashes, identity_of, weights_sha256
 
 log = logging.getLogger(__name__)
@@ -68,8 +69,6 @@ def run_id_fields(cfg: RunConfig) -> dict:
     # id only when changed from their defaults, so earlier runs keep their ids.
     fields["method"] = {k: v for k, v in fields["method"].items()
                         if not _omitted_at_default(type(cfg.method), k, getattr(cfg.method, k))}
-    from xtf import tasks
-
     evaluation = getattr(tasks.TASKS[cfg.task.name], "EVALUATION", "exact_match")
     ev = dict(fields["eval"])
     if evaluation != "pass_at_k":
@@ -95,8 +94,6 @@ def content_identity(cfg: RunConfig) -> dict:
     Hashes and loads are remembered, keyed by each file's stat (xtf.identity: inode and ctime too; xtf.data.select),
     so this is cheap after the pipeline's own load and still sees a file changed in place. Raises WeightsNotFound /
     DataError when the weights or the data are unavailable."""
-    from xtf import data, models
-
     out = {}
     if not cfg.model.tiny:
         weights = models.resolve_weights(cfg.model, cfg.paths.cache_dir)
@@ -130,9 +127,6 @@ def run_id(cfg: RunConfig) -> str:
     When the weights or data cannot be found here (e.g. tables built on a machine without the model), the id
     falls back to the config alone, with a warning: such a run cannot start anyway (the pipeline raises the
     same error itself), and records made elsewhere are then looked up by config only."""
-    from xtf.models import WeightsNotFound
-    from xtf.tasks.common import DataError
-
     fields = run_id_fields(cfg)
     try:
         identity = content_identity(cfg)
@@ -146,8 +140,6 @@ def run_id(cfg: RunConfig) -> str:
 
 def check_writable(cfg: RunConfig) -> None:
     """Fail before any work when a folder the run writes to cannot be written (not after hours of training)."""
-    from xtf.config import ConfigError
-
     for key, folder in (("paths.results_dir", Path(cfg.paths.results_dir) / cfg.experiment),
                         ("paths.outputs_dir", Path(cfg.paths.outputs_dir)),
                         ("paths.cache_dir", Path(cfg.paths.cache_dir))):

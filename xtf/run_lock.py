@@ -21,12 +21,9 @@ from pathlib import Path
 from xtf import distributed, results
 from xtf.cache import LockHeld, file_lock
 from xtf.config import RunConfig
+from xtf.errors import DataError, RunBusy, WeightsNotFound
 
 LOCK_FILE = "run.lock"
-
-
-class RunBusy(RuntimeError):
-    """Another process is running the same run (same experiment and run id)."""
 
 
 def lock_path(cfg: RunConfig) -> Path:
@@ -57,9 +54,6 @@ def _identifiable(cfg: RunConfig) -> bool:
     """Whether the run id can be computed here: the weights and the data it holds by content are readable. When
     not, the run fails at its own load with that error (no lock needed), rather than here with a run id from the
     config alone (results.run_id's fallback, and its warning)."""
-    from xtf.models import WeightsNotFound
-    from xtf.tasks.common import DataError
-
     try:
         results.content_identity(cfg)  # remembered per process: the pipeline's own load right after is cheap
     except (WeightsNotFound, DataError):

@@ -77,6 +77,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from tqdm.auto import tqdm
 
 from xtf import sandbox_limits
+from xtf.config import SandboxConfig
 from xtf.sandbox_bwrap import SANDBOX_UID, SCRATCH_MB, SandboxError, SandboxUnavailable, bwrap_help
 from xtf.sandbox_proc import STDERR_TAIL_CHARS
 from xtf.sandbox_verdict import TestCase, run_program, run_test
@@ -95,8 +96,6 @@ UNSAFE_HINT = ("or, only on a disposable machine, opt in to running model-writte
 
 def _probe(python: str, sandboxed: bool) -> tuple[bool, str]:
     """Run a trivial program; (works, python version or the reason it failed)."""
-    from xtf.config import SandboxConfig
-
     code = "import sys; sys.stderr.write(sys.version.split()[0])"
     try:
         out = run_program(code, python, SandboxConfig(timeout_s=120.0), sandboxed)  # ends by itself

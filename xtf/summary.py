@@ -32,7 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
-from xtf import official, paired
+from xtf import official, paired, tasks
+from xtf.explain import most_common_tokens
 from xtf.identity import changed_stages, code_hashes
 from xtf.varying import natural, varying_columns
 
@@ -52,8 +53,6 @@ def wilson_interval(successes: float, n: int, z: float = 1.96) -> tuple[float, f
 def most_masked(rows: list[dict], keeps: list[np.ndarray], tokenizer, k: int = 15) -> list[list]:
     """The `k` answer-token strings masked most often (xtf.explain.most_common_tokens' rows: [repr, times masked,
     share of that token's answer occurrences masked]); stored in the mask statistics, shown by the report too."""
-    from xtf.explain import most_common_tokens
-
     masked = [np.asarray(r["response_mask"], bool) & ~np.asarray(keep, bool) for r, keep in zip(rows, keeps)]
     return most_common_tokens(rows, masked, tokenizer, top=k)
 
@@ -98,8 +97,6 @@ def detection_lines(record: dict) -> list[str]:
 def code_changes(record: dict) -> list[str] | None:
     """The stages whose source differs between the code that made `record` and this code (xtf.identity.CODE_STAGES,
     "task": its task module); None for a record made before code hashes were recorded."""
-    from xtf import tasks
-
     recorded = record.get("code")
     if not isinstance(recorded, dict):
         return None

@@ -13,7 +13,8 @@ two rows' question ids differ (its reason in `why`, printed by xtf.tables); "—
 from __future__ import annotations
 
 from xtf import paired
-from xtf.experiment import composer, expand
+from xtf.experiment_runs import composer, expand
+from xtf.results import experiment_dir
 from xtf.summary import PER_QUESTION, question_values
 
 NOTE = ("Δ … vs {baseline} [95% CI]: row − the {baseline} row of its group and column (as shown: scaled like the "
@@ -40,8 +41,6 @@ def diff_header(value: dict, baseline: str) -> str:
 def question_loader(spec: dict):
     """record → its per-question values (xtf.summary.question_values), read from the run folder beside the
     experiment's other runs (its run id; a copied run is a copy of its folder), each run read once."""
-    from xtf.results import experiment_dir
-
     with composer() as compose:
         folder = experiment_dir(compose(expand(spec)[0][2]))
     seen: dict[str, dict] = {}

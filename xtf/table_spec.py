@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 
-from xtf.experiment import SpecError
+from xtf.errors import SpecError
 
 _TABLE_KEYS = ("rows", "columns", "split", "values", "value", "best", "scale", "digits", "names", "paper",
                "paper_key", "mean", "baseline")

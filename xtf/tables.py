@@ -49,7 +49,6 @@ one line per `series` label, panels = the labels of up to two `facet` coordinate
 from __future__ import annotations
 
 import json
-import math
 import sys
 from pathlib import Path
 
@@ -57,37 +56,15 @@ import numpy as np
 import yaml
 
 from xtf import table_ci
-from xtf.experiment import PAPER_NUMBERS, ROOT, SpecError, collect, expand
-from xtf.summary import kept_fraction, stale_code_lines
+from xtf.errors import SpecError
+from xtf.experiment_runs import PAPER_NUMBERS, ROOT, collect, expand
+from xtf.plots import plot, plot_paired
+from xtf.summary import stale_code_lines
 from xtf.table_render import MISSING, to_latex, to_markdown
-from xtf.table_spec import check_plot, check_table  # noqa: F401 (xtf.experiment checks a spec's blocks here)
+from xtf.table_values import DERIVED, metric, summarise  # noqa: F401 - re-exported: tables.metric
 
 # ---------------------------------------------------------------------------------------------------------------
-# Values
-
-# Record paths whose table value is computed from the record, not read: path → record → (value, online?).
-DERIVED = {"mask.kept_fraction": kept_fraction}
-
-
-def metric(record: dict, path: str):
-    """A value from a record by dotted path (e.g. "metrics.accuracy", "detection.filler.mask.f1"), or DERIVED's;
-    None if absent."""
-    if path in DERIVED:
-        return DERIVED[path](record)[0]
-    value = record
-    for part in path.split("."):
-        if not isinstance(value, dict) or part not in value:
-            return None
-        value = value[part]
-    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
-
-
-def summarise(values: list) -> tuple[float, float | None, int] | None:
-    """(mean, sample std or None for one value, n) over the finite values; None when there is none."""
-    vals = [v for v in values if v is not None and math.isfinite(v)]
-    if not vals:
-        return None
-    return float(np.mean(vals)), (float(np.std(vals, ddof=1)) if len(vals) > 1 else None), len(vals)
+# Values (xtf.table_values: a record's value by path, the mean over seeds) and the paper's numbers
 
 
 def load_paper_numbers(path: Path = PAPER_NUMBERS) -> dict:
@@ -318,12 +295,8 @@ def write_tables(spec: dict, out_dir: str | Path | None = None, skip_empty: bool
     (out_dir / f"{spec['name']}.json").write_text(json.dumps(
         {label: [r["run_id"] for r in rs] for label, rs in records.items()}, indent=1) + "\n")
     if spec["plot"] and records:
-        from xtf.plots import plot
-
         plot(spec, records, out_dir / f"{spec['name']}.png")
     if diffs and records:  # the Δ columns with their CIs as error bars (none drawn when no cell has one)
-        from xtf.plots import plot_paired
-
         plot_paired(spec, sections, out_dir / f"{spec['name']}_paired.png")
     print(md)
     print(f"[xtf] table: {md_path} ({n_done}/{n_runs} runs)")

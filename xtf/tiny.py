@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 from xtf.cache import cached_dir
+from xtf.tasks import synth
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +48,6 @@ MAX_POSITIONS = 1024
 @functools.lru_cache(maxsize=1)
 def _texts() -> tuple[list[str], list[str]]:
     """(pre-training corpus lines, synth training texts); both deterministic, so computed once per process."""
-    from xtf.tasks import synth
-
     corpus = synth.pretraining_corpus(CORPUS["lines"], CORPUS["seed"], CORPUS["max_value"])
     train = synth.load(synth.Options()).splits["train"]
     return corpus, [ex["prompt"] + ex["response"] for ex in train]

@@ -20,7 +20,8 @@ from collections.abc import Callable
 from typing import Optional
 
 from xtf import masking, tasks
-from xtf.config import ConfigError, RunConfig
+from xtf.config import RunConfig
+from xtf.errors import ConfigError
 
 Rule = Callable[[RunConfig], Optional[str]]  # the reason the keys are not read under this config, or None
 

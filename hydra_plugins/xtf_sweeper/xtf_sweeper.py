@@ -36,6 +36,8 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.utils import to_absolute_path
 from omegaconf import OmegaConf, open_dict, read_write
 
+from xtf.errors import ConfigError
+
 log = logging.getLogger(__name__)
 FAILED_FILE = "failed.json"
 
@@ -80,8 +82,8 @@ class RecordFailure:
 
 
 def _folder_of(cfg) -> Path:
-    from xtf.config import validate
     from xtf.results import run_dir
+    from xtf.validate import validate
 
     return run_dir(validate(cfg))
 
@@ -179,7 +181,7 @@ class XtfSweeper(Sweeper):
 
     def compose(self, cell: Cell):
         """The cell's validated RunConfig, composed exactly as the job will compose it."""
-        from xtf.config import validate
+        from xtf.validate import validate
 
         cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(cell.overrides))
         with read_write(cfg), open_dict(cfg):
@@ -188,7 +190,6 @@ class XtfSweeper(Sweeper):
 
     # -- the sweep ------------------------------------------------------------------------------------------
     def sweep(self, arguments: list[str]) -> Any:
-        from xtf.config import ConfigError
         from xtf.results import adopt_record, load_record, run_dir
 
         cells, bad, seen = [], [], {}

@@ -14,6 +14,9 @@ Each task module defines:
                                   lm-eval metric)}, the first entry being the primary metric ("accuracy")
 """
 
+from typing import Any
+
+from xtf.config import RunConfig
 from xtf.tasks import code, gsm8k, medqa, pubmedqa, sft, synth
 
 TASKS = {
@@ -32,3 +35,8 @@ def expert_words(task_module, options) -> tuple[str, ...]:
     if hasattr(task_module, "expert_words"):
         return task_module.expert_words(options)
     return task_module.EXPERT_WORDS
+
+
+def task_options(run: RunConfig) -> Any:
+    """The task's validated Options dataclass (xtf.validate checked `task.options` against it)."""
+    return TASKS[run.task.name].Options(**run.task.options)

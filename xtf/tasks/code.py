@@ -42,7 +42,7 @@ CODEEXERCISE_HUB = "codefuse-ai/CodeExercise-Python-27k"
 MBPP_TRAIN_IDS = range(601, 975)  # the official MBPP train split (upstream README)
 EXTRACT_VERSION = 1
 # HumanEval is scored by running the completions against `test` (pass@k), never by string match, and only
-# inside a sandbox; until that protocol exists the pipeline refuses to evaluate this task (xtf.config.validate).
+# inside a sandbox; until that protocol exists the pipeline refuses to evaluate this task (xtf.validate.validate).
 EVALUATION = "pass_at_k"
 EXPERT_WORDS: tuple[str, ...] = tuple(keyword.kwlist)  # the XTF paper's code domain words: Python keywords
 # Codex/HumanEval stop sequences: a completion ends where a new top-level statement begins.

@@ -28,10 +28,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from xtf.cache import sha256_file  # noqa: F401 - re-exported: the tasks record the checksum of each file read
-
-
-class DataError(ValueError):
-    """A data file or row is malformed; the message names the file, the line and the field."""
+from xtf.errors import DataError  # noqa: F401 - re-exported: the tasks raise it from here
+from xtf.hub import hub_reachable
 
 
 @dataclass
@@ -166,10 +164,8 @@ def load_hub_split(hub_id: str, config: Optional[str], split: str, hub_mirror: O
                 f"(XTF_DATA_DIR) at the local benchmark files, or paths.hub_mirror at a local Hub mirror."
             ) from e
     else:
-        from xtf.models import _hub_reachable
-
         # datasets would retry for minutes and then print a long trace: check the Hub within seconds first.
-        if not _hub_reachable():
+        if not hub_reachable():
             endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
             raise DataError(
                 f"dataset '{hub_id}' is not local and the Hugging Face Hub ({endpoint}) is unreachable. Point "

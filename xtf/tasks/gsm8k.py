@@ -34,6 +34,7 @@ from typing import Literal, Optional
 
 from xtf import noise
 from xtf.config import ID_OMIT_DEFAULT, DataConfig, PathsConfig
+from xtf.errors import ConfigError
 from xtf.tasks.common import (
     DataError,
     RowChecker,
@@ -81,8 +82,6 @@ def noise_rates(opts: Options) -> dict[str, float]:
 
 
 def check_options(opts: Options) -> None:
-    from xtf.config import ConfigError
-
     for kind, rate in noise_rates(opts).items():
         if not 0.0 <= rate <= 1.0:   # also rejects NaN
             raise ConfigError(f"task.options.noise_{kind}_rate={rate} is out of range; must be in [0, 1]")

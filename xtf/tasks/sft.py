@@ -39,6 +39,7 @@ from typing import Any, Literal, Optional
 
 from xtf import chat
 from xtf.config import DataConfig, PathsConfig
+from xtf.errors import ConfigError
 from xtf.tasks import sft_files
 from xtf.tasks.common import BAD_LINE, DataError, RowChecker, TaskData
 
@@ -46,7 +47,7 @@ EXTRACT_VERSION = 1          # no answer extraction: evaluation is the answer NL
 EXTRACTORS: dict = {}
 EXPERT_WORDS: tuple[str, ...] = ()   # yours: task.options.expert_words (XTF's task relevance needs them)
 EVALUATION = "answer_nll"
-READS_DATA_FILES = True      # data.train_file / data.eval_file (xtf.config refuses them for the other tasks)
+READS_DATA_FILES = True      # data.train_file / data.eval_file (xtf.validate refuses them for the other tasks)
 SHAPES = ("prompt_response", "alpaca", "chat")
 
 
@@ -78,8 +79,6 @@ def expert_words(opts: Options) -> tuple[str, ...]:
 
 
 def check_options(opts: Options) -> None:
-    from xtf.config import ConfigError
-
     if not 0.0 <= opts.eval_fraction < 1.0:
         raise ConfigError(f"task.options.eval_fraction={opts.eval_fraction} must be in [0, 1)")
     for key in ("prompt_field", "response_field", "messages_field", "noise_field"):
@@ -106,8 +105,6 @@ def check_options(opts: Options) -> None:
 
 def check_data(data: DataConfig) -> None:
     """Before any work: data.train_file is set and readable, data.eval_file too when set."""
-    from xtf.config import ConfigError
-
     if not data.train_file:
         raise ConfigError("task=sft reads your data: set data.train_file=<file.jsonl|.json|.csv|.parquet, a "
                           "save_to_disk folder, or hub:<dataset id>> (README: Your own data)")

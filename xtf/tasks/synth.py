@@ -51,6 +51,7 @@ import re
 from dataclasses import dataclass
 from typing import Optional
 
+from xtf.errors import ConfigError
 from xtf.tasks.common import TaskData, sha256_examples
 
 NAMES = (("Ann", "she"), ("Ben", "he"), ("Cara", "she"), ("Dan", "he"), ("Eva", "she"), ("Finn", "he"),
@@ -91,8 +92,6 @@ CORRUPTION_DELTAS = (-5, -4, -3, -2, -1, 1, 2, 3, 4, 5)
 
 
 def check_options(opts: Options) -> None:
-    from xtf.config import ConfigError
-
     if opts.n_train < 1 or opts.n_test < 1:
         raise ConfigError("task.options.n_train and task.options.n_test must be >= 1")
     if not 1 <= opts.min_steps <= opts.max_steps:
@@ -194,8 +193,6 @@ def _draw(rng: random.Random, n: int, opts: Options, taken: set[str], split: str
     while len(out) < n:
         attempts += 1
         if attempts > 50 * n + 1000:
-            from xtf.config import ConfigError
-
             raise ConfigError(f"could not draw {n} distinct {split} problems; raise task.options.max_value "
                               "or max_steps, or lower n_train/n_test")
         prob = make_problem(rng, opts.min_steps, opts.max_steps, opts.max_value)
