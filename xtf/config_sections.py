@@ -239,7 +239,7 @@ class EvalConfig:
     # Generation speed (xtf.evaluate.token_budget_batches; README "Evaluation speed"). batch_tokens > 0: batches
     # cut by a token budget (sequences x (longest prompt + max_new_tokens)) instead of batch_size prompts; greedy
     # outputs are the same either way, so it is never in a greedy task's run id. backend=vllm: lm-eval's vLLM model
-    # (a CUDA GPU and `pip install vllm`; lm-eval tasks only), checked by xtf.lmeval.check_backend.
+    # (a CUDA GPU and `pip install vllm`; lm-eval tasks only), checked by xtf.backends.check_backend.
     batch_tokens: int = field(default=0, metadata=ID_OMIT_DEFAULT)
     backend: Literal["hf", "vllm"] = field(default="hf", metadata=ID_OMIT_DEFAULT)
 

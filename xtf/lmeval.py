@@ -24,7 +24,6 @@ prediction and gold. The HFLM around the in-memory model is xtf.lmeval_hf.make_l
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import random
 import shutil
@@ -35,7 +34,6 @@ import torch
 import yaml
 
 from xtf.cache import sha256_file
-from xtf.errors import ConfigError
 from xtf.generation import normalise
 from xtf.lmeval_hf import make_lm
 from xtf.tasks import TASKS
@@ -224,29 +222,6 @@ def join_predictions(examples: list[dict], samples: dict[str, list[dict]],
         if seen != set(by_id):
             raise RuntimeError(f"lm-eval task {task} returned {len(seen)} of {len(by_id)} examples for {key}")
     return [by_id[str(ex["id"])] for ex in examples]
-
-
-VLLM_INSTALL = "pip install vllm"
-
-
-def check_backend(backend: str, evaluation: str, task_name: str, device: str = "auto") -> None:
-    """eval.backend=vllm needs an lm-eval task, the vllm package and a CUDA GPU; fail naming what is missing
-    (before any work: xtf.validate.validate calls this)."""
-    if backend == "hf":
-        return
-    if evaluation != "lm_eval":
-        raise ConfigError(f"eval.backend={backend} runs lm-eval tasks only (gsm8k, medqa, pubmedqa); task={task_name} "
-                          f"is evaluated by xtf itself ({evaluation}): use eval.backend=hf")
-    missing = []
-    if importlib.util.find_spec("vllm") is None:
-        missing.append(f"the vllm package is not installed ({VLLM_INSTALL}, in this environment)")
-    if not torch.cuda.is_available() or device in ("cpu", "mps"):
-        missing.append("vLLM needs a CUDA GPU and " + ("device=" + device + " was asked" if device in ("cpu", "mps")
-                                                       else "none is visible here (torch.cuda.is_available() is "
-                                                            "False)"))
-    if missing:
-        raise ConfigError(f"eval.backend={backend} cannot run here: " + "; ".join(missing)
-                          + ". Use eval.backend=hf (the default) on this machine.")
 
 
 def make_vllm_lm(model, tokenizer, work_dir: str | Path, seed: int):

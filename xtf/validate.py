@@ -1,6 +1,6 @@
 """The run configuration, validated: the schema's strict build (xtf.config) plus the checks that need the
 implementations — the task registry and the task's own Options (xtf.tasks), the method registry (xtf.masking,
-xtf.online), the evaluation backends (xtf.lmeval) and the released protocol (xtf.official). Above all of them in the
+xtf.online), the evaluation backends (xtf.backends) and the released protocol (xtf.official). Above all of them in the
 import graph, so none of them imports the config builder back.
 
     from xtf.validate import validate
@@ -18,9 +18,9 @@ from typing import Any, Optional
 from omegaconf import OmegaConf
 
 from xtf import masking, official, online, tasks
+from xtf.backends import check_backend
 from xtf.config import TINY_MODES, XTF_ATTRIBUTES, PathsConfig, RunConfig, build_dataclass, options_dict
 from xtf.errors import ConfigError
-from xtf.lmeval import check_backend
 
 
 def _absolute(path: Optional[str]) -> Optional[str]:
