@@ -80,7 +80,7 @@ def test_base_model_evaluation_is_computed_once_across_seeds_and_predictions_car
     from conftest import compose
 
     from xtf import evaluate as ev
-    from xtf import humaneval, tasks
+    from xtf import tasks
     from xtf.validate import validate
 
     calls = []
@@ -108,7 +108,7 @@ def test_base_model_evaluation_is_computed_once_across_seeds_and_predictions_car
     assert calls == [1, 2, 1, 1]  # other rows, a trained model, force=true: evaluated again
 
     code = []
-    monkeypatch.setattr(humaneval, "evaluate_code", lambda *a: code.append(1) or ({}, [], {"name": "pass_at_k"}))
+    monkeypatch.setattr(ev, "evaluate_code", lambda *a: code.append(1) or ({}, [], {"name": "pass_at_k"}))
     for seed in (0, 1):
         ev.evaluate(model, None, tasks.TASKS["code"], examples, cfg("method=none", "task=code", f"seed={seed}"),
                     tmp_path)

@@ -29,7 +29,7 @@ Inside. pid 1 of each sandbox is a small trusted init (xtf.sandbox_boot) that fo
 its exit status and CPU time on a pipe that process cannot reach (the init is non-dumpable; the program has no
 capabilities). The main process gets per-process rlimits (hard = soft):
   RLIMIT_CPU    cpu_s (SIGXCPU; SIGKILL 1 s later)   RLIMIT_AS     memory_mb (MemoryError -> "failed")
-  RLIMIT_NPROC  max_processes (+1 for the init; +1 more under a cgroup, which then refuses first and says so)
+  RLIMIT_NPROC  max_processes (+1 for the init; doubled under a cgroup, whose exact pids.max refuses first)
   RLIMIT_FSIZE  max_output_kb (stdout, stderr, scratch files)
 The whole sandbox (every process together) is held to memory_mb and max_processes (+2 for bwrap and the init) by
 xtf.sandbox_limits: a cgroup per sandbox where the harness can create one (here: cgroup v1, as root), else a
