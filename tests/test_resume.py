@@ -72,6 +72,8 @@ def straight(tmp_path_factory, session_cache):
     subprocess.run(_cmd(tmp, "run", session_cache), check=True, env=_env(), capture_output=True, timeout=600)
     record = _record(tmp, "run")
     assert record["training"]["steps"] == STEPS
+    # run.py set glibc's mmap threshold (xtf.malloc) and the record says so (or why not, off glibc)
+    assert record["malloc"]["reason"].startswith(("set by xtf", "not glibc")), record["malloc"]
     return record
 
 
