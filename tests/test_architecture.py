@@ -152,3 +152,64 @@ def test_modules_stay_under_the_line_limit():
     assert not new, f"modules over {MAX_LINES} lines (split them into small explicit modules): {new}"
     shrunk = sorted(KNOWN_LONG_MODULES - set(long))
     assert not shrunk, f"{shrunk} are now at most {MAX_LINES} lines: remove them from KNOWN_LONG_MODULES"
+
+
+# ------------------------------------------------------------------------------------------ methods by name
+# A method is one module of xtf/methods and one registry entry: the rest of the package asks the registry what a
+# method does (xtf.methods.get(name).kind, .needs, .trains_own_model, ...) and never names one. The method names
+# are conf/method's files (each selects the registered method of its name).
+METHOD_NAMES = frozenset(p.stem for p in (PACKAGE.parent / "conf" / "method").glob("*.yaml"))
+
+
+def _named_methods(node: ast.AST) -> list[str]:
+    """The method names a comparison operand spells out: a string constant, or a tuple / list / set of them."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return [node.value] if node.value in METHOD_NAMES else []
+    if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+        return [n for e in node.elts for n in _named_methods(e)]
+    return []
+
+
+def _about_a_method(node: ast.AST) -> bool:
+    """An operand that holds a method's name: `<x>.name` or anything spelled with "method" (cfg.method.name,
+    record["method"], method.match)."""
+    return (isinstance(node, ast.Attribute) and node.attr == "name") or "method" in ast.unparse(node)
+
+
+def method_name_uses(source: str) -> list[tuple[int, str]]:
+    """(line, code) of each comparison of a method's name with a method name spelled out (`m.name == "df"`,
+    `method.name in ("xtf", "xtf_official")`) and each dict literal keyed by method names only or by two or more."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Compare):
+            operands = [node.left, *node.comparators]
+            if any(_named_methods(o) for o in operands) and any(_about_a_method(o) for o in operands
+                                                                  if not _named_methods(o)):
+                found.append((node.lineno, ast.unparse(node)))
+        elif isinstance(node, ast.Dict):
+            keys = [n for k in node.keys if k is not None for n in _named_methods(k)]
+            if len(keys) >= 2 or (keys and len(keys) == len(node.keys)):  # {"da": paraphrase} too
+                found.append((node.lineno, f"a dict keyed by methods {keys}"))
+    return sorted(found)
+
+
+def test_the_method_name_check_finds_what_it_should():
+    assert METHOD_NAMES >= {"xtf", "tc", "df", "none", "random", "da"}
+    flagged = method_name_uses('if m.name == "df": pass\n'
+                               'if cfg.method.name in ("xtf", "xtf_official"): pass\n'
+                               'x = {"tc": "tc", "slm": "tc", "df": "nll"}.get(method.name)\n'
+                               'if record["method"] != "none": pass\n'
+                               'AUGMENTERS = {"da": paraphrase}\n')
+    assert sorted(line for line, _ in flagged) == [1, 2, 3, 4, 5]
+    assert not method_name_uses('if cfg.dist.strategy == "none": pass\n'          # a strategy, not a method
+                                'NOISE_SIDE = {"ri": "low", "tc": "low"}\n'       # scores, one named like TC
+                                'if model_cfg.tiny not in ("random", "pretrained"): pass\n'
+                                'if method.kind == "online": pass\n')
+
+
+def test_no_module_outside_xtf_methods_names_a_method():
+    found = [f"  {path.relative_to(PACKAGE.parent)}:{line}: {code}"
+             for name, path in module_files().items() if not name.startswith("xtf.methods")
+             for line, code in method_name_uses(path.read_text())]
+    assert not found, ("methods named outside xtf/methods (ask the registry, xtf.methods, what the method does; "
+                       "give its registry entry the field it lacks):\n" + "\n".join(found))
