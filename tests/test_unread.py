@@ -79,6 +79,8 @@ def test_every_method_reads_what_its_config_file_sets():
         # read under its settings or under the alternative the file documents (random's ratio, for match=null)
         read = methods.method_keys(cfg.method) | methods.method_keys(dataclasses.replace(cfg.method, match=None))
         assert written <= read, (path.name, written - read)
+    # one config file per registered method, one registered method per config file
+    assert set(methods.METHODS) == {p.stem for p in (ROOT / "conf" / "method").glob("*.yaml")}
 
 
 def test_a_key_no_rule_judges_is_read():

@@ -3,7 +3,8 @@
 Each method module of this package (xtf/methods/<name>.py) builds its `Method`; xtf/methods/__init__.py registers
 every one of them. The schema's checks (xtf.validate, xtf.unread), the scoring (xtf.method_scores), the masking
 (xtf.masking), the online training step (xtf.online), the pipeline, the planner and the dataset card ask this
-registry what a method does; none of them names a method. At the bottom of the package: numpy-free, torch-free.
+registry what a method does; none of them names a method. At the bottom of the package (with
+xtf.methods.tokens: numpy, no torch).
 
     from xtf import methods
     spec = methods.get("stm")                       # Method(name="stm", kind="offline", needs=("nll",), ...)
@@ -42,7 +43,7 @@ class Method:
     # offline: a mask from cached scores before training (`mask`); online: a per-batch selection during training
     # (`select`); augment: a new training set (`augment`); baseline: none of these (normal, none).
     kind: Literal["offline", "online", "augment", "baseline"]
-    summary: str                                    # one line: what gets no loss (xtf --help, the docs)
+    summary: str                                    # one line: what it does (a name clash in `register` shows it)
     # The scores it reads (xtf.scoring names: "nll", "ref_nll", "ri", "kn", "tr"), computed and cached before
     # training; a tuple, or a function of the method config (XTF: its attributes).
     needs: tuple[str, ...] | Callable[[Any], tuple[str, ...]] = ()
