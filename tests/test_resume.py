@@ -42,6 +42,7 @@ def _comparable(record: dict) -> dict:
     training throughput (this process's steps and wall time), the thread policy's record."""
     out = json.loads(json.dumps(record))
     out.pop("timings")
+    out.pop("peak_rss_mib")  # this launch's process, not the run's
     out["config"].pop("paths")
     out["provenance"].pop("argv")
     out["provenance"].pop("git")
@@ -72,6 +73,10 @@ def straight(tmp_path_factory, session_cache):
     subprocess.run(_cmd(tmp, "run", session_cache), check=True, env=_env(), capture_output=True, timeout=600)
     record = _record(tmp, "run")
     assert record["training"]["steps"] == STEPS
+    # run.py set glibc's mmap threshold (xtf.malloc) and the record says so (or why not, off glibc)
+    assert record["malloc"]["reason"].startswith(("set by xtf", "not glibc")), record["malloc"]
+    peaks = [record["peak_rss_mib"][s] for s in ("load_model", "finetune", "evaluate")]  # the peak so far, MiB
+    assert peaks == sorted(peaks) and peaks[0] > 100, record["peak_rss_mib"]
     return record
 
 

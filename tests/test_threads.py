@@ -38,11 +38,27 @@ def test_unknown_busy_cores_use_the_capped_core_count():
     assert n == 4 and "unknown" in why
 
 
-def test_busy_cores_do_not_count_this_process(tmp_path, monkeypatch):
-    stat = tmp_path / "stat"
-    stat.write_text("cpu  1 2 3\nprocs_running 3\nprocs_blocked 0\n")
+def _task(proc, pid, tid, state, nice, comm="python (x) y"):
+    d = proc / str(pid) / "task" / str(tid)
+    d.mkdir(parents=True)
+    rest = [state, "1", "1", "1", "0", "-1", "0"] + ["0"] * 8 + ["20", str(nice), "1"]
+    (d / "stat").write_text(f"{tid} ({comm}) " + " ".join(rest) + "\n")
+
+
+def test_busy_cores_count_runnable_threads_of_others_not_niced_ones(tmp_path, monkeypatch):
+    """Runnable threads of other processes count; sleeping ones, this process's own and niced ones (a background
+    job at nice 19 yields its core) do not. A comm with ") " in it does not shift the fields."""
     monkeypatch.setattr(threads, "SAMPLE_GAP_S", 0)
-    assert threads.busy_cores(stat) == 2
+    own = os.getpid()
+    _task(tmp_path, 100, 100, "R", 0)
+    _task(tmp_path, 100, 101, "R", 0, comm="evil) R 1")
+    _task(tmp_path, 100, 102, "S", 0)
+    _task(tmp_path, 200, 200, "R", -5)
+    _task(tmp_path, 300, 300, "R", 19)
+    _task(tmp_path, 300, 301, "R", threads.NICE_YIELDS - 1)
+    _task(tmp_path, own, own, "R", 0)
+    (tmp_path / "self").mkdir()
+    assert threads.busy_cores(tmp_path) == 4
     assert threads.busy_cores(tmp_path / "absent") is None
 
 

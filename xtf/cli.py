@@ -18,12 +18,13 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from xtf import threads
+from xtf import malloc, threads
 from xtf.config import register_schema
 from xtf.errors import ConfigError, DataError, RunBusy, WeightsNotFound
 from xtf.overrides import CONF, exit_on_bad_overrides
 from xtf.quiet import remove_failed_outputs, silence_known_warnings
 from xtf.sandbox_bwrap import SandboxUnavailable
+from xtf.weights import check_available
 
 log = logging.getLogger("xtf")
 
@@ -40,6 +41,7 @@ def _run(cfg: DictConfig) -> None:
             raise ConfigError("hydra.sweeper.experiment_file runs an experiment's grid: add -m (or: make sweep EXP=)")
         run_cfg = validate(cfg)
         check_overrides_read(run_cfg, list(HydraConfig.get().overrides.task), sys.argv[1:])  # model=tiny model.path=
+        check_available(run_cfg.model)  # a missing model in seconds, before torch and transformers load
         threads.apply()  # torch's CPU threads for this run, from the cores other jobs leave free (recorded)
         from xtf.pipeline import run  # torch, transformers (~a minute on a busy machine): after the config is valid
 
@@ -59,6 +61,7 @@ def main() -> None:
         sys.exit(f"xtf: the configs are not at {CONF}: install xtf from its checkout with `pip install -e .` "
                  f"(make install), so that conf/ stays beside the package")
     threads.prepare_environment()  # before torch is loaded: OpenMP threads sleep when they wait (xtf.threads)
+    malloc.configure()  # freed tensor memory goes back to the system (xtf.malloc: peak RSS 5.95 -> 1.85 GB)
     register_schema()  # every schema key with its default, so any key can be overridden on the command line
     exit_on_bad_overrides()  # a typo gets the project's message (key, close matches), not Hydra's "use +key"
     hydra.main(version_base="1.3", config_path=str(CONF), config_name="config")(_run)()

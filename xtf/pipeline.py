@@ -25,6 +25,7 @@ from xtf import (
     explain,
     export,
     finite,
+    malloc,
     masking,
     method_scores,
     methods,
@@ -195,7 +196,9 @@ def _record(cfg: RunConfig, folder, task, used, weights: str, device, timer, **s
         "config": dataclasses.asdict(cfg),
         "provenance": results.provenance(str(device)),
         "threads": threads.describe(),  # torch's CPU threads and why (xtf.threads: the cores other jobs left free)
+        "malloc": malloc.describe(),  # glibc's mmap threshold and why (xtf.malloc)
         "timings": timer.seconds,  # the same dict: stages timed after this (explain) are in the written record
+        "peak_rss_mib": timer.peak_rss_mib,  # the process's peak RSS at the end of each stage (the same dict, too)
     }
 
 

@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import platform
+import resource
 import shutil
 import socket
 import subprocess
@@ -279,10 +280,12 @@ def write_record(folder: Path, record: dict) -> Path:
 
 
 class Timer:
-    """Wall-clock seconds per named stage: `with timer("train"): ...`."""
+    """Wall-clock seconds per named stage: `with timer("train"): ...`, and the process's peak resident memory at
+    the end of each stage (MiB; the peak so far, so the stage where it rises is the one that needed it)."""
 
     def __init__(self):
         self.seconds: dict[str, float] = {}
+        self.peak_rss_mib: dict[str, int] = {}
 
     @contextlib.contextmanager
     def __call__(self, name: str):
@@ -291,6 +294,13 @@ class Timer:
             yield
         finally:
             self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - start, 3)
+            self.peak_rss_mib[name] = peak_rss_mib()
+
+
+def peak_rss_mib() -> int:
+    """This process's peak resident set size so far, in MiB (ru_maxrss: KiB on Linux, bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (1 << 20 if sys.platform == "darwin" else 1 << 10))
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
@@ -340,5 +350,5 @@ def mirror_record(wandb_run, record: dict) -> None:
     """Put the record's metrics and statistics in the W&B run summary (flattened keys)."""
     if wandb_run is None:
         return
-    sections = ("metrics", "mask", "tokenization", "timings")
+    sections = ("metrics", "mask", "tokenization", "timings", "peak_rss_mib")
     wandb_run.summary.update(_flatten({k: record[k] for k in sections if k in record}))

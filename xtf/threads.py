@@ -11,9 +11,11 @@ an order of magnitude slower than with fewer threads. So:
   - `apply()`, at the start of each run (xtf.cli): torch.set_num_threads(n), n = `choose(...)`:
       OMP_NUM_THREADS set by the caller (or by torchrun, 1 per rank): that number, as asked;
       else min(usable cores, MAX_THREADS) less the cores other jobs keep busy now, at least 1.
-    "Busy now" is the number of runnable threads of the whole machine (/proc/stat procs_running, this process
-    excluded), the median of a few samples over ~0.2 s: the 1-minute load average would still count the run
-    that just ended (`make run` runs two in a row), and make the second one needlessly use one thread.
+    "Busy now" is the number of runnable threads of other processes (state R in /proc/<pid>/task/<tid>/stat),
+    the median of a few samples over ~0.2 s: the 1-minute load average would still count the run that just
+    ended (`make run` runs two in a row), and make the second one needlessly use one thread. A thread niced to
+    NICE_YIELDS or more is not counted: against a run at nice 0 the kernel gives it under a tenth of a core
+    (CFS weight 110 against 1024), so its core is as good as free.
 The thread count changes a run's floats only by rounding (a reduction's order): it is recorded in the run (with
 the reason) but is no part of its identity.
 """
@@ -31,6 +33,7 @@ from pathlib import Path
 MAX_THREADS = 8
 WAIT_POLICY = "PASSIVE"
 SAMPLES, SAMPLE_GAP_S = 5, 0.05
+NICE_YIELDS = 10  # a thread at this nice or more is not counted as busy (module doc)
 
 _state: dict = {}
 
@@ -43,15 +46,36 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def busy_cores(stat: Path = Path("/proc/stat")) -> float | None:
-    """Threads of other processes runnable now (module doc); None where /proc/stat is not there (not Linux)."""
+def _runnable_threads(proc: Path, own: str) -> int | None:
+    """Threads of other processes in state R at nice < NICE_YIELDS now; None where /proc is not there (not Linux)."""
+    try:
+        pids = [p for p in os.listdir(proc) if p.isdigit() and p != own]
+    except OSError:
+        return None
+    n = 0
+    for pid in pids:
+        try:
+            tids = os.listdir(proc / pid / "task")
+        except OSError:  # ended meanwhile, or not ours to read
+            continue
+        for tid in tids:
+            try:
+                fields = (proc / pid / "task" / tid / "stat").read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            # after "(comm)": state is field 0, nice field 16 (proc(5): fields 3 and 19)
+            n += fields[0] == "R" and int(fields[16]) < NICE_YIELDS
+    return n
+
+
+def busy_cores(proc: Path = Path("/proc")) -> float | None:
+    """Threads of other processes runnable now (module doc); None where /proc is not there (not Linux)."""
     counts = []
     for i in range(SAMPLES):
-        try:
-            line = next(x for x in stat.read_text().splitlines() if x.startswith("procs_running"))
-        except (OSError, StopIteration):
+        n = _runnable_threads(proc, str(os.getpid()))
+        if n is None:
             return None
-        counts.append(max(0, int(line.split()[1]) - 1))  # this process's own thread is running while it reads
+        counts.append(n)
         if i + 1 < SAMPLES:
             time.sleep(SAMPLE_GAP_S)
     return statistics.median(counts)
