@@ -84,7 +84,7 @@ def measure(size: int, args) -> dict:
     """Child: one scoring job of `size` rows (module doc)."""
     import torch
 
-    from xtf import masking, method_scores, models, scoring, tasks
+    from xtf import method_scores, methods, models, scoring, tasks
 
     t0 = time.perf_counter()
     torch.set_num_threads(args.threads)
@@ -97,7 +97,7 @@ def measure(size: int, args) -> dict:
 
         run_cfg = dataclasses.replace(cfg, paths=dataclasses.replace(cfg.paths, cache_dir=scores_cache))
         start, cpu = time.perf_counter(), time.process_time()
-        scores, info = method_scores.compute_scores(masking.scores_needed(cfg.method), run_cfg, model, tok, rows,
+        scores, info = method_scores.compute_scores(methods.scores_needed(cfg.method), run_cfg, model, tok, rows,
                                                     weights, stats["cache_key"], tasks.TASKS["synth"].EXPERT_WORDS,
                                                     Path(scores_cache) / "outputs")
         seconds, cpu = time.perf_counter() - start, time.process_time() - cpu

@@ -42,7 +42,7 @@ import numpy as np
 import pytest
 from conftest import ROOT, compose
 
-from xtf import masking, official, rules
+from xtf import masking, methods, official, rules
 from xtf.config import MethodConfig
 from xtf.validate import validate
 
@@ -274,7 +274,7 @@ def test_xtf_official_end_to_end_through_the_composed_config(name, data_dirs, se
         assert int(np.argmax(row["response_mask"])) == r["question_length"]
     torch.set_num_threads(1)
     model = models.load_model(cfg.model, weights, torch.device("cpu"))
-    ours, _ = method_scores.compute_scores(masking.scores_needed(cfg.method), cfg, model, tok, rows, weights,
+    ours, _ = method_scores.compute_scores(methods.scores_needed(cfg.method), cfg, model, tok, rows, weights,
                                            stats["cache_key"], gsm8k.EXPERT_WORDS, tmp_path)
     delta = deltas(fx, ours)
     print(f"{name}: max |ours - released| ri {max(delta['ri']):.3g} kn {max(delta['kn']):.3g} tr {delta['tr']:.3g}; "

@@ -6,7 +6,7 @@ from conftest import compose
 
 from xtf.config import ModelConfig
 from xtf.data import tokenize, tokenize_cached
-from xtf.masking import oracle
+from xtf.methods.oracle import oracle
 from xtf.pipeline import run
 from xtf.validate import validate
 

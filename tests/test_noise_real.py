@@ -15,7 +15,9 @@ from conftest import compose, require_shared_data
 from xtf import noise
 from xtf.config import ConfigError, DataConfig, ModelConfig, PathsConfig
 from xtf.data import tokenize
-from xtf.masking import detection, method_score, oracle
+from xtf.masking import detection
+from xtf.methods import method_score
+from xtf.methods.oracle import oracle
 from xtf.tasks import gsm8k
 from xtf.validate import validate
 

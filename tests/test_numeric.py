@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from xtf.data import tokenize, tokenize_example
-from xtf.masking import keep_all_answer_tokens, mask_stats
+from xtf.masking import mask_stats
+from xtf.methods.tokens import keep_all_answer_tokens
 from xtf.train import IGNORE, Collator, make_labels, masked_loss, token_nll
 
 

@@ -13,8 +13,9 @@ import pytest
 import torch
 from conftest import compose
 
-from xtf import augment, masking, online, sstoken
+from xtf import augment, masking, methods, online
 from xtf.config import MethodConfig, ProFitConfig, SSTokenConfig, STMConfig
+from xtf.methods import dft, profit, sstoken
 from xtf.online import IGNORE, Step
 from xtf.pipeline import run
 from xtf.train import masked_loss
@@ -84,7 +85,7 @@ def test_profit_threshold_and_direction(direction, kept):
     p = torch.tensor([[0.125, 0.25, 0.5, 0.2499]])                  # p == threshold is kept under keep_higher
     labels = torch.tensor([[7, 8, 9, 10]])
     step = Step(labels, -torch.log(p), {}, {}, 0.0)
-    out, weights = online.profit(step, _method(name="profit", profit=ProFitConfig(0.25, direction)))
+    out, weights = profit.select(step, _method(name="profit", profit=ProFitConfig(0.25, direction)))
     assert weights is None and (out != IGNORE).tolist() == [kept]
 
 
@@ -103,7 +104,7 @@ def test_stm_masks_high_base_perplexity_and_exempts_eos():
 def test_dft_weights_each_token_by_its_detached_probability():
     nll = torch.tensor([[0.0, float(np.log(2.0)), float(np.log(4.0))]], requires_grad=True)   # p = 1, .5, .25
     labels = torch.tensor([[IGNORE, 3, 4]])
-    out, w = online.dft(Step(labels, nll.detach(), {}, {}, 0.0), _method(name="dft"))
+    out, w = dft.select(Step(labels, nll.detach(), {}, {}, 0.0), _method(name="dft"))
     assert out.tolist() == labels.tolist() and torch.allclose(w, torch.tensor([[0.0, 0.5, 0.25]]))
     loss = masked_loss(nll, out, torch.tensor([[0, 1, 1]]), "kept", w)
     assert loss.item() == pytest.approx((0.5 * np.log(2) + 0.25 * np.log(4)) / 2)
@@ -150,10 +151,10 @@ def test_da_keeps_only_answer_preserving_paraphrases():
 def test_every_method_is_registered_with_its_direction_and_config_validates(run_overrides):
     for name in ("sstoken", "profit", "stm", "dft", "da"):
         cfg = validate(compose([f"method={name}", *run_overrides]))
-        assert cfg.method.name == name and name in masking.METHODS
+        assert cfg.method.name == name and name in methods.METHODS
     assert validate(compose(["method=profit"])).method.profit.direction == "keep_higher"
     assert validate(compose(["method=stm"])).method.stm.direction == "mask_higher"
-    assert set(online.ONLINE) == {"slm", "sstoken", "profit", "dft"}
+    assert methods.names("online") == ["dft", "profit", "slm", "sstoken"]
 
 
 TINY = ["model=tiny_llama", "data.limit=16", "task.options.n_test=4", "train.batch_size=4", "train.logging_steps=1",

@@ -5,10 +5,10 @@ new example only when the task's answer extractor reads the same final answer fr
     python run.py method=da model=smollm2_135m task=gsm8k data.limit=8          # generator: the base model
     python run.py method=da method.da.generator=smollm2_135m ...                # any conf/model config
 
-`AUGMENTERS` maps a method name to fn(cfg, task, examples, device) -> (examples, record); the pipeline calls
-`augment` for every run (a method without an entry gets its examples back unchanged and record None). The
-augmented set is cached by content (xtf.cache.cached_dir: generator identity, the examples, the instruction,
-decoding, the extractor's version), so seeds and re-runs generate nothing.
+The method itself is xtf/methods/da.py (its registry entry's `augment` calls `paraphrase`; the pipeline calls the
+`augment` of any method that has one, before tokenisation). The augmented set is cached by content
+(xtf.cache.cached_dir: generator identity, the examples, the instruction, decoding, the extractor's version), so
+seeds and re-runs generate nothing.
 
 The filter (`answer_preserved`): the task's primary extractor (the first of `task.EXTRACTORS`) on the
 paraphrase must give, after xtf.generation.normalise, the value it gives on the original response — or, when it
@@ -134,11 +134,3 @@ def paraphrase(cfg, task, examples: list[dict], device) -> tuple[list[dict], dic
              record["rejected"])
     return augmented, record
 
-
-AUGMENTERS = {"da": paraphrase}
-
-
-def augment(cfg, task, examples: list[dict], device) -> tuple[list[dict], dict | None]:
-    """The training examples after the method's augmentation (unchanged, None for a method without one)."""
-    fn = AUGMENTERS.get(cfg.method.name)
-    return fn(cfg, task, examples, device) if fn else (examples, None)

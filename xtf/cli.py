@@ -31,8 +31,8 @@ log = logging.getLogger("xtf")
 
 def _run(cfg: DictConfig) -> None:
     # Imported here, not above: --help and a bad override (xtf.overrides) are answered without loading torch.
-    from xtf.unread import check_overrides_read  # the method registry (xtf.masking) imports torch
-    from xtf.validate import validate  # the method registry (xtf.masking) imports torch
+    from xtf.unread import check_overrides_read  # the method registry (xtf.methods) imports torch
+    from xtf.validate import validate  # the method registry (xtf.methods) imports torch
 
     silence_known_warnings()
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN

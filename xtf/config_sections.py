@@ -91,7 +91,8 @@ class TRConfig:
 
 @dataclass(frozen=True)
 class SSTokenConfig:
-    """ssToken (xtf/sstoken.py): per sample keep the top ⌈keep_ratio·n⌉ by gamma·minmax(REL) + (1-gamma)·attention."""
+    """ssToken (xtf/methods/sstoken.py): per sample keep the top ⌈keep_ratio·n⌉ by
+    gamma·minmax(REL) + (1-gamma)·attention."""
     gamma: float = 0.5                 # weight of the normalised REL (the code's --ratio); 1 - gamma: attention
     warmup: float = 0.2                # attention alone (gamma = 0) while steps done / total < warmup
     history: Literal["base", "ema"] = "base"  # REL = NLL_history - NLL_current; base: cached base NLL
@@ -115,7 +116,8 @@ class STMConfig:
 
 @dataclass(frozen=True)
 class DAConfig:
-    """DA (xtf/augment.py): answer-preserving paraphrases of each training answer, added to the training set."""
+    """DA (xtf/methods/da.py, xtf/augment.py): answer-preserving paraphrases of each training answer, added to the
+    training set."""
     generator: Optional[str] = None    # a conf/model name; None: the base model itself
     n: int = 1                         # paraphrases generated per example
     temperature: float = 0.0           # 0: greedy (then n must be 1)
@@ -169,7 +171,7 @@ class MethodConfig:
     # random: the control that separates denoising from "less data".
     match: Optional[str] = "xtf"       # mask, per sample, as many tokens as this method does; None: use `ratio`
     ratio: float = 0.3                 # fraction of answer tokens masked when match is None
-    # The field's other token-selection methods (xtf/online.py, xtf/sstoken.py, xtf/augment.py); ssToken's ρ is
+    # The field's other token-selection methods (xtf/methods: slm, sstoken, profit, dft, stm, da); ssToken's ρ is
     # keep_ratio above. DFT has no knob: each token's loss is weighted by its detached probability.
     sstoken: SSTokenConfig = field(default=SSTokenConfig(), metadata=ID_OMIT_DEFAULT)
     profit: ProFitConfig = field(default=ProFitConfig(), metadata=ID_OMIT_DEFAULT)

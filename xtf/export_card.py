@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import shlex
 
-from xtf import online
+from xtf import methods
 
 MARKER = "xtf_run_id:"        # in the card's front matter: how xtf.export recognises a folder it may replace
 
@@ -55,7 +55,7 @@ def _attribute_lines(stats: dict, method: str) -> list[str]:
 def _selection_lines(record: dict, stats: dict) -> list[str]:
     """What the labels mean for the method: an online method selects during training; a method that masked
     nothing exports every answer token."""
-    if record["method"] in online.ONLINE:
+    if record["method"] in methods.names("online"):
         shares = ", with `selected_share`: the share of training steps that selected each token" \
             if stats["selected_share"] else ""
         return [f"**`{record['method']}` selects its tokens during training** (per batch, from what the model being "

@@ -36,13 +36,17 @@ PACKAGE = Path(__file__).resolve().parent
 # also covers the xtf modules these import (`imported_files`: a helper split out of a stage stays in it). Version
 # constants (xtf.pipeline.code_versions) stay the deliberate "numbers changed" signal; these hashes catch the change
 # nobody versioned. The task's own module is hashed per task (`task_files`).
+# The method modules (xtf/methods: each method's mask, online selection or augmentation) are in every stage that runs
+# a method's rule: the package's __init__ only registers them, so `imported_files` does not reach them.
+METHOD_FILES = tuple(sorted(p.relative_to(PACKAGE).as_posix() for p in (PACKAGE / "methods").glob("*.py")
+                            if p.name != "__init__.py"))
 CODE_STAGES = {
     "model": ("models.py", "tiny.py", "packaged.py"),
     "tokenize": ("data.py", "chat.py"),
-    "augment": ("augment.py",),
+    "augment": ("augment.py", "methods/da.py"),
     "score": ("scoring.py", "attention.py"),
-    "mask": ("masking.py", "rules.py", "detection.py"),
-    "train": ("train.py", "lm_loss.py", "online.py", "sstoken.py"),
+    "mask": ("masking.py", "rules.py", "detection.py", *METHOD_FILES),
+    "train": ("train.py", "lm_loss.py", "online.py", *METHOD_FILES),
     "evaluate": ("evaluate.py", "lmeval.py", "lmeval_named.py", "humaneval.py", "sandbox.py"),
 }
 # Imported by nearly every stage, and computing none of its numbers: the config and its sections (their values are in

@@ -15,7 +15,7 @@ label is trained, never a [B, L, V] logits tensor.
 All three give the same loss and gradients to float tolerance (tests/test_lm_loss.py), so the choice is recorded
 in the run record but never in the run id. Alignment (xtf.data): label t is predicted by the hidden state at t - 1;
 `predicting(labels)` is that shift for labels and `token_nll` for full logits, each written once here (below
-xtf.train, xtf.scoring and xtf.sstoken, which all use token_nll).
+xtf.train, xtf.scoring and xtf.methods.sstoken, which all use token_nll).
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
-"""The scores a method needs (xtf.masking.scores_needed), each group from the score cache or computed now:
+"""The scores a method needs (xtf.methods.scores_needed), each group from the score cache or computed now:
 the base model's forward pass (nll, kn, ri) and TR from xtf.scoring's scorers, and the reference model's losses
 (ref_nll, TC and SLM), for which a reference is fine-tuned here (xtf.train). Above xtf.scoring, which neither
 trains nor masks.
 
-    scores, info = compute_scores(masking.scores_needed(cfg.method), cfg, model, tokenizer, rows, weights,
+    scores, info = compute_scores(methods.scores_needed(cfg.method), cfg, model, tokenizer, rows, weights,
                                   tokens_key, expert_words, out_dir)
 """
 
@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from xtf import cache, masking, rules
+from xtf import cache, rules
+from xtf.methods.tc import tc_scores
 from xtf.models import load_model, pick_device
 from xtf.scoring import (
     SCORER_VERSIONS,
@@ -87,7 +88,7 @@ def reference_nll(cfg, weights: str, tokenizer, rows: list[dict], out_dir: Path,
         for i, values in zip(scored, nll):
             ref_nll[i] = values
         if r + 1 < len(plan) or chain:  # evolve: train the chain on this part's selected tokens
-            selected = rules.top_k_keep([masking.tc_scores(rows[i], base_nll[i], ref_nll[i]) for i in ranked],
+            selected = rules.top_k_keep([tc_scores(rows[i], base_nll[i], ref_nll[i]) for i in ranked],
                                         cfg.method.keep_ratio, cfg.method.scope)
             keeps = []
             for i, sel in zip(ranked, selected):

@@ -10,14 +10,15 @@ what the model being trained does with it. One interface for all of them:
 `Step` holds the batch's labels after the offline mask (-100 where not trainable), the current model's
 per-token NLL from the training forward pass (detached), the per-token arrays the method declares in `needs`
 (computed by xtf.scoring before training and cached: base-model "nll", reference "ref_nll", ...), the per-step
-signals it declares in `signals` (computed during the step: "prompt_attention", "history_nll", see SIGNALS) and
+signals it declares in `signals` (computed during the step by its `signal_providers`: "prompt_attention",
+"history_nll" of xtf.methods.sstoken) and
 the training progress (optimiser steps done / total, for warm-ups). A rule returns labels whose trainable tokens
 are a subset of the input's, and optionally per-token loss weights (detached). Everything is aligned to
 input_ids (xtf.data); xtf.train.masked_loss turns it into the loss.
 
-`ONLINE` maps a method name to {"needs", "signals", "select"}. xtf.masking registers every entry (offline mask:
-all answer tokens; scores: its `needs`), and the pipeline hands `selector(method, scores)` to xtf.train.finetune:
-adding an online method touches its rule and its entry here, nothing else.
+An online method is a registry entry of kind "online" (xtf.methods: its module holds `select`, `needs`, `signals`
+and the signals' providers; its offline mask keeps every answer token), and the pipeline hands
+`selector(method, scores)` to xtf.train.finetune: adding an online method touches its own module, nothing here.
 
 `Selector` is what the trainer calls once per micro-batch. It builds the Step, records the kept fraction per
 optimiser step (the training record's history and W&B, through the Trainer's log) and how often each token of
@@ -34,9 +35,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from xtf import sstoken
+from xtf import methods
+from xtf.lm_loss import IGNORE
 
-IGNORE = -100
 ONLINE_VERSION = 2  # bump when an online rule or its bookkeeping changes behaviour (2: protected tokens)
 
 
@@ -47,67 +48,6 @@ class Step:
     cached: dict[str, torch.Tensor]         # name → [B, L] float, from before training (zero-padded)
     signals: dict[str, torch.Tensor] = field(default_factory=dict)  # name → [B, L] float, this step
     progress: float = 0.0                   # optimiser steps done / total, in [0, 1]
-
-
-# ------------------------------------------------------------------------------------------------------ rules
-def slm_select(nll: torch.Tensor, ref_nll: torch.Tensor, labels: torch.Tensor, keep_ratio: float) -> torch.Tensor:
-    """SLM (Rho-1): labels with only the top `keep_ratio` of the batch's trainable tokens by excess loss
-    (current − reference) left trainable (k = round(keep_ratio · trainable tokens in the batch))."""
-    trainable = labels != IGNORE
-    excess = torch.where(trainable, nll.detach() - ref_nll, torch.full_like(nll, float("-inf")))
-    k = int(round(keep_ratio * int(trainable.sum())))
-    chosen = torch.zeros_like(trainable)
-    if k > 0:
-        chosen.view(-1)[torch.topk(excess.view(-1), k).indices] = True
-    return torch.where(chosen & trainable, labels, torch.full_like(labels, IGNORE))
-
-
-def slm(step: Step, method):
-    return slm_select(step.nll, step.cached["ref_nll"], step.labels, method.keep_ratio), None
-
-
-def profit_keep(prob: torch.Tensor, threshold: float, direction: str) -> torch.Tensor:
-    """ProFit's rule on p = P(gold token | prefix) under the current model: keep_higher keeps p >= threshold
-    (the paper: tokens the model already finds plausible carry the signal; a token on the threshold is kept);
-    keep_lower keeps the complement, p < threshold. Shape preserved, bool."""
-    if direction == "keep_higher":
-        return prob >= threshold
-    if direction == "keep_lower":
-        return prob < threshold
-    raise ValueError(f"direction={direction!r}; choose keep_higher or keep_lower")
-
-
-def profit(step: Step, method):
-    keep = profit_keep(torch.exp(-step.nll), method.profit.threshold, method.profit.direction)
-    return torch.where(keep, step.labels, torch.full_like(step.labels, IGNORE)), None
-
-
-def dft_weights(nll: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """DFT (Dynamic Fine-Tuning, Wu et al. 2025): each trainable token's loss is multiplied by its own probability
-    p = exp(-nll), detached (no gradient through the weight): loss = sg(p) · (−log p). 0 off the trainable set."""
-    return torch.where(labels != IGNORE, torch.exp(-nll.detach()), torch.zeros_like(nll))
-
-
-def dft(step: Step, method):
-    return step.labels, dft_weights(step.nll, step.labels)
-
-
-# name → what it reads before training (`needs`: xtf.scoring score names), the MethodConfig keys it reads (`keys`:
-# xtf.masking.method_keys), what it needs computed during the step (`signals(method)`: keys of SIGNALS), its rule.
-ONLINE = {
-    "slm": {"needs": ("ref_nll",), "keys": ("keep_ratio",), "signals": lambda m: (), "select": slm},
-    "sstoken": {"needs": ("nll",), "keys": ("keep_ratio", "sstoken"), "signals": sstoken.signals,
-                "select": sstoken.select},
-    "profit": {"needs": (), "keys": ("profit",), "signals": lambda m: (), "select": profit},
-    "dft": {"needs": (), "keys": (), "signals": lambda m: (), "select": dft},
-}
-
-# Per-step signals: name → provider class; provider(model, method) has capture(model, batch) → a context manager
-# around the training forward pass, yielding a callable that returns the [B, L] signal after the forward.
-SIGNALS = {
-    "prompt_attention": sstoken.PromptAttention,
-    "history_nll": sstoken.EMAHistory,
-}
 
 
 # ------------------------------------------------------------------------------------------------- selector
@@ -127,10 +67,10 @@ def selection_shares(sel: Selector | None, rows: list[dict], trained: list[int])
 def selector(method, scores: dict[str, list[np.ndarray]]) -> Selector | None:
     """The Selector of an online method (scores: the run's cached scores, one array per training row in the order
     given to finetune), or None for an offline one."""
-    entry = ONLINE.get(method.name)
-    if entry is None:
+    spec = methods.get(method.name)
+    if spec.kind != "online":
         return None
-    return Selector(method, entry, {name: scores[name] for name in entry["needs"]})
+    return Selector(method, spec, {name: scores[name] for name in methods.scores_needed(method)})
 
 
 class Selector:
@@ -138,10 +78,11 @@ class Selector:
 
     STATE_FILE = "xtf_online.pt"
 
-    def __init__(self, method, entry: dict, cached: dict[str, list[np.ndarray]]):
+    def __init__(self, method, spec: methods.Method, cached: dict[str, list[np.ndarray]]):
         self.method = method
-        self.rule = entry["select"]
-        self.signal_names = tuple(entry["signals"](method))
+        self.rule = spec.select
+        self.signal_names = tuple(spec.signals(method))
+        self.providers = spec.signal_providers
         self.cached = cached
         self.selected: list[np.ndarray] = []                  # per row: Σ over visits of the keep mask (or weight)
         self.visits = np.zeros(0, dtype=np.int64)             # per row: how many steps it was in
@@ -159,7 +100,7 @@ class Selector:
         self.protected = [np.asarray(r["protected"] if on and "protected" in r else np.zeros(len(r["input_ids"])),
                                      dtype=np.float32) for r in rows]
         self.visits = np.zeros(len(rows), dtype=np.int64)
-        self._providers = {name: SIGNALS[name](model, self.method) for name in self.signal_names}
+        self._providers = {name: self.providers[name](model, self.method) for name in self.signal_names}
 
     @contextlib.contextmanager
     def capture(self, model, batch: dict[str, torch.Tensor]):

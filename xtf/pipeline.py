@@ -28,6 +28,7 @@ from xtf import (
     malloc,
     masking,
     method_scores,
+    methods,
     models,
     online,
     results,
@@ -108,7 +109,7 @@ def _run(cfg: RunConfig) -> dict:
         tokenizer = models.load_tokenizer(weights)
         # Cached artifacts every rank needs are built by rank 0, then read by the others (main_first).
         with timer("augment"), distributed.main_first():  # DA adds training examples here; others: unchanged, None
-            train_examples, augmentation = augment.augment(cfg, task, train_examples, device)
+            train_examples, augmentation = _augment(cfg, task, train_examples, device)
         with timer("tokenize"), distributed.main_first():
             rows, token_stats = data.tokenize_cached(
                 tokenizer, train_examples, cfg.data.max_len, cfg.data.truncation, cfg.model.chat_template,
@@ -121,7 +122,7 @@ def _run(cfg: RunConfig) -> dict:
         # share of the rows and rank 0 writes the merged scores (xtf.scoring.cached_scores).
         with timer("score"), distributed.collective():
             scores, scoring_info = method_scores.compute_scores(
-                masking.scores_needed(cfg.method), cfg, model, tokenizer, rows, weights, token_stats["cache_key"],
+                methods.scores_needed(cfg.method), cfg, model, tokenizer, rows, weights, token_stats["cache_key"],
                 tasks.expert_words(task, task_options(cfg)), results.outputs_dir(cfg))
         with timer("mask"):
             keeps, noisy, mask_stats = masking.mask(rows, scores, cfg.method, cfg.seed,
@@ -155,6 +156,13 @@ def _run(cfg: RunConfig) -> dict:
     print_summary(record, folder)
     _export(cfg, folder)  # after the record: an export can always be made again from the run folder
     return record
+
+
+def _augment(cfg: RunConfig, task, examples: list[dict], device) -> tuple[list[dict], dict | None]:
+    """The training examples after the method's augmentation (its registry entry's `augment`, as DA's paraphrases)
+    and the record's `augmentation` section; unchanged and None for a method without one."""
+    fn = methods.get(cfg.method.name).augment
+    return fn(cfg, task, examples, device) if fn else (examples, None)
 
 
 def _evaluate(cfg: RunConfig, model, tokenizer, task, eval_examples, main: bool) -> tuple[dict, list, dict]:
@@ -223,9 +231,12 @@ def _finetune(cfg: RunConfig, timer, model, tokenizer, rows, keeps, scores, scor
     score_only or for a method that evaluates the base model (method.finetune=false)."""
     if cfg.score_only or not cfg.method.finetune:
         return model, None, None, []
-    if scoring_info.get("trained_model"):
-        # The method's scorer trained the result itself (TC's self-evolving chain, method.evolve=chain): that
-        # model is evaluated; the masks are the selection each part of the chain was trained on.
+    if methods.get(cfg.method.name).trains_own_model(cfg.method):
+        # The method's scorer trained the result itself (its registry entry says so: TC's self-evolving chain,
+        # method.evolve=chain): that model is evaluated; the masks are the selection it was trained on.
+        if not scoring_info.get("trained_model"):
+            raise RuntimeError(f"method={cfg.method.name} trains its own model, but its scores came without one "
+                               f"(xtf.method_scores: 'trained_model'); rerun with force=true")
         with timer("load_model"):
             model = models.load_model(cfg.model, scoring_info["trained_model"], device)
         return model, {"trained_by": "method", "model": scoring_info["trained_model"]}, None, []

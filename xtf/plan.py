@@ -27,7 +27,8 @@ from xtf.data import select
 from xtf.distributed import Runtime, batch_split, check
 from xtf.errors import ConfigError
 from xtf.experiment import CONF, ROOT, load_experiment
-from xtf.masking import scores_needed
+from xtf.methods import get as method_spec
+from xtf.methods import scores_needed
 from xtf.plan_memory import GIB, Arch, Setup, layer_params, lora_params, memory, param_count  # noqa: F401
 from xtf.validate import validate
 
@@ -208,7 +209,8 @@ def flops(run, a: Arch, s: Setup, tokens: int, rows: int) -> dict[str, float]:
     if s.mode == "eval":
         return {"train": 0.0, "scoring": 0.0}
     m = run.method
-    rows_factor = (1 - m.drop_ratio) if m.name == "df" else (1 + m.da.n) if m.name == "da" else 1.0
+    spec = method_spec(m.name)
+    rows_factor = spec.rows_factor(m)  # DF drops samples, DA adds paraphrases (the method's registry entry)
     per_token = (6 if s.mode == "full" else 4) * p + (2 * p if s.checkpointing else 0)
     train = tokens * rows_factor * run.train.epochs * m.epochs_factor * per_token
     needs = scores_needed(m)
@@ -216,8 +218,7 @@ def flops(run, a: Arch, s: Setup, tokens: int, rows: int) -> dict[str, float]:
     scoring = passes * 2 * p * tokens
     if "ref_nll" in needs:
         scoring += min(1.0, m.reference_warmup / max(rows, 1)) * tokens * 4 * p  # one LoRA epoch
-    if m.name == "da":
-        scoring += m.da.n * tokens * 2 * p
+    scoring += spec.generated_per_token(m) * tokens * 2 * p  # DA's paraphrases
     return {"train": train, "scoring": scoring}
 
 

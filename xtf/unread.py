@@ -11,7 +11,7 @@ and an experiment's shared overrides (its `base`, `stand_in.overrides`) apply to
 (experiments/table2.yaml: method.reference_warmup for the TC and SLM cells); a cell's own overrides are checked by
 tests/test_experiment.py.
 A key read under some settings is judged under the run's own (method.ri.* is read by XTF only when "ri" is in
-method.attributes). The method keys come from the method registry (xtf.masking.method_keys).
+method.attributes). The method keys come from the method registry (xtf.methods.method_keys).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Optional
 
-from xtf import masking, tasks
+from xtf import methods, tasks
 from xtf.config import RunConfig
 from xtf.errors import ConfigError
 
@@ -44,7 +44,7 @@ def _path_wins(r: RunConfig) -> str | None:
 
 
 def _no_training(r: RunConfig) -> str | None:
-    if "ref_nll" in masking.scores_needed(r.method):
+    if "ref_nll" in methods.scores_needed(r.method):
         return None  # the reference model (TC, SLM) is trained with the train settings, even under score_only
     if r.score_only:
         return "score_only=true fine-tunes nothing"
@@ -97,7 +97,7 @@ def unread_reason(key: str, run: RunConfig) -> str | None:
     """Why `key` (dotted, e.g. "method.ri.k") is not read by `run`, or None when it is (or is not judged here)."""
     if _under(key, "method") and key != "method":
         field = key.split(".")[1]
-        read = masking.method_keys(run.method)
+        read = methods.method_keys(run.method)
         if field not in read:
             return (f"it is not read by method={run.method.name} (which reads method.{{{', '.join(sorted(read))}}})"
                     if read else f"method={run.method.name} reads no method setting")

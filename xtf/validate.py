@@ -1,7 +1,7 @@
 """The run configuration, validated: the schema's strict build (xtf.config) plus the checks that need the
-implementations — the task registry and the task's own Options (xtf.tasks), the method registry (xtf.masking,
-xtf.online), the evaluation backends (xtf.backends) and the released protocol (xtf.official). Above all of them in the
-import graph, so none of them imports the config builder back.
+implementations — the task registry and the task's own Options (xtf.tasks), the method registry (xtf.methods:
+each method's own checks are its entry's `check`), the evaluation backends (xtf.backends) and the released
+protocol (xtf.official). Above all of them in the import graph, so none of them imports the config builder back.
 
     from xtf.validate import validate
     run_cfg = validate(hydra_cfg)      # fails *before any work*, naming the key and what is allowed
@@ -17,7 +17,7 @@ from typing import Any, Optional
 
 from omegaconf import OmegaConf
 
-from xtf import masking, official, online, tasks
+from xtf import methods, official, tasks
 from xtf.backends import check_backend
 from xtf.config import TINY_MODES, XTF_ATTRIBUTES, PathsConfig, RunConfig, build_dataclass, options_dict
 from xtf.errors import ConfigError
@@ -72,7 +72,7 @@ def _check_task(run: RunConfig) -> tuple[RunConfig, Any, Any]:
     if hasattr(task_module, "check_options"):
         task_module.check_options(task_options)
     run = _check_data_files(run, task_module)
-    if "tr" in masking.scores_needed(run.method) and not tasks.expert_words(task_module, task_options):
+    if "tr" in methods.scores_needed(run.method) and not tasks.expert_words(task_module, task_options):
         raise ConfigError(f"method={run.method.name} reads task relevance (TR), which needs your domain's words: set "
                           f"task.options.expert_words=[word,...] (e.g. [dose,mg,patient]), or leave TR out: "
                           f"method.attributes=[ri,kn]")
@@ -100,30 +100,22 @@ def _check_eval(run: RunConfig, task_module) -> None:
 
 
 def _check_method(run: RunConfig, task_options) -> RunConfig:
-    """The method against its registry, fine-tuning, score_only/export, its attributes and its own sections."""
-    if run.method.name not in masking.METHODS:
-        raise ConfigError(f"method.name={run.method.name!r} is unknown; choose one of {sorted(masking.METHODS)}")
-    if run.method.finetune != (run.method.name != "none"):
+    """The method against its registry, fine-tuning, score_only/export, its attributes and its own checks."""
+    spec = methods.get(run.method.name)  # ConfigError naming the registered methods
+    if run.method.finetune != spec.finetunes:
         # A record says which method made it: method=xtf without fine-tuning would be the base model filed as xtf.
+        base = [n for n, m in methods.METHODS.items() if not m.finetunes]
         raise ConfigError(f"method.finetune={str(run.method.finetune).lower()} is not allowed with "
-                          f"method={run.method.name}: only method=none evaluates the base model without "
-                          f"fine-tuning (use method=none); to score and mask without fine-tuning use "
-                          f"score_only=true (with export.enabled=true for the filtered dataset)")
+                          f"method={run.method.name}: only method={'/'.join(base)} evaluates the base model without "
+                          f"fine-tuning; to score and mask without fine-tuning use score_only=true (with "
+                          f"export.enabled=true for the filtered dataset)")
     run = _check_score_only_and_export(run)
     bad = [a for a in run.method.attributes if a not in XTF_ATTRIBUTES]
     if bad or not run.method.attributes or len(set(run.method.attributes)) != len(run.method.attributes):
         raise ConfigError(f"method.attributes={list(run.method.attributes)} must be a non-empty subset of "
                           f"{list(XTF_ATTRIBUTES)} without repeats")
-    if run.method.name == "oracle" and not any(
-            v > 0 for k, v in dataclasses.asdict(task_options).items() if k.endswith("_rate")):
-        raise ConfigError("method=oracle masks the injected noise, so it needs a task with ground truth: task=synth "
-                          "with task.options.filler_rate / distractor_rate / corruption_rate > 0, or task=gsm8k "
-                          "with a task.options.noise_<kind>_rate > 0 (filler, offtopic, corruption, duplicate, leak)")
-    if run.method.da.n > 1 and run.method.da.temperature == 0:
-        raise ConfigError("method.da.n > 1 needs method.da.temperature > 0: greedy paraphrases would be identical")
-    if run.method.match is not None and run.method.match not in masking.METHODS:
-        raise ConfigError(f"method.match={run.method.match!r} is unknown; choose one of {sorted(masking.METHODS)}")
-    if run.train.packing and run.method.name in online.ONLINE:
+    spec.check(run, task_options)
+    if run.train.packing and spec.kind == "online":
         raise ConfigError(f"train.packing=true is not supported with method={run.method.name}: an online method "
                           f"selects per row of a padded batch (xtf.online); use train.packing=false, or "
                           f"train.group_by_length=true for less padding")

@@ -49,13 +49,14 @@ import torch
 
 from xtf.attention import ATTN_NAME, attention_modules, register_attention
 from xtf.lm_loss import token_nll
+from xtf.methods.registry import Method
 
 IGNORE = -100
 _EPS = 1e-9
 
 
 def signals(method) -> tuple[str, ...]:
-    """The per-step signals ssToken needs (xtf.online.SIGNALS)."""
+    """The per-step signals ssToken needs (keys of PROVIDERS)."""
     return ("prompt_attention",) + (("history_nll",) if method.sstoken.history == "ema" else ())
 
 
@@ -201,3 +202,12 @@ class EMAHistory:
             for s, saved in zip(self.shadow, state["shadow"]):
                 s.copy_(saved.to(s.device))
             self.last_step = state["last_step"]
+
+
+# Per-step signals: name → provider class; provider(model, method) has capture(model, batch) → a context manager
+# around the training forward pass, yielding a callable that returns the [B, L] signal after the forward.
+PROVIDERS = {"prompt_attention": PromptAttention, "history_nll": EMAHistory}
+METHOD = Method(name="sstoken", kind="online", summary="per sample, keep the top tokens by REL and prompt attention",
+                needs=("nll",), keys=("keep_ratio", "sstoken"), select=select, signals=signals,
+                signal_providers=PROVIDERS)
+METHODS = (METHOD,)
