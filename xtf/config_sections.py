@@ -210,9 +210,10 @@ class TrainConfig:
     # > 0: each micro-batch runs as pieces of at most this many padded positions (rows × the piece's longest row;
     # rows sorted by length, a longer row alone), each piece's backward before the next's forward: activation
     # memory bounded by the budget, less padding, smaller working sets (2 CPU cores, one step of 8 SmolLM2 rows:
-    # 9 s in pieces of 512, 17 s whole, 23 s with activation checkpointing: experiments/bench_steps.py). Every piece's loss is divided by the
-    # whole micro-batch's denominator, so the step's loss and gradient are the same to float tolerance: not in
-    # the run id (tests/test_micro_batch.py). Offline methods on one process only (xtf.validate says why). 0: off.
+    # 9 s in pieces of 512, 17 s whole, 23 s with activation checkpointing: experiments/bench_steps.py). Every
+    # piece's loss is divided by the whole micro-batch's denominator, so the step's loss and gradient are the same
+    # to float tolerance: not in the run id (tests/test_micro_batch.py). Offline methods on one process only
+    # (xtf.validate says why). 0: off.
     micro_batch_tokens: int = 0
 
 
