@@ -14,10 +14,11 @@ import importlib.util
 import pytest
 import torch
 from conftest import compose
+from transformers import StoppingCriteriaList
 
 from xtf import lmeval, tiny
 from xtf.config import ConfigError, EvalConfig, ModelConfig
-from xtf.generation import StopOnStrings, generate_many, token_budget_batches
+from xtf.generation import StopOnStrings, generate_in_rounds, generate_many, token_budget_batches
 from xtf.results import run_id
 from xtf.tasks import gsm8k
 from xtf.validate import validate
@@ -81,6 +82,56 @@ def test_stop_strings_stop_rows_without_changing_the_text_before_them(sharp_mode
 
     assert [cut(t) for t in stopped] == [cut(t) for t in free]
     assert sum(len(t) for t in stopped) < sum(len(t) for t in free)  # rows really stopped early
+
+
+def test_greedy_in_rounds_equals_one_generate_call_and_drops_ended_rows(sharp_model, monkeypatch):
+    """generate_in_rounds: rows that met the EOS or a stop string leave the batch between rounds; every row's tokens
+    are those of one model.generate call with the same EOS and stop strings."""
+    model, tok = sharp_model
+    enc = [tok(p)["input_ids"] for p in PROMPTS]
+    width, pad = max(map(len, enc)), tok.pad_token_id
+    ids = torch.tensor([[pad] * (width - len(e)) + e for e in enc])
+    attn = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in enc])
+    free = model.generate(input_ids=ids, attention_mask=attn, max_new_tokens=24, do_sample=False, pad_token_id=pad,
+                          eos_token_id=None)[:, width:]
+    # An "EOS" that some rows write, at different steps, and one row never: rows end in different rounds.
+    firsts = {t: [row.index(t) if t in row else None for row in free.tolist()] for t in set(free.flatten().tolist())}
+    eos = next(t for t, at in sorted(firsts.items()) if None in at and len({a for a in at if a is not None}) >= 2)
+    stop = StoppingCriteriaList([StopOnStrings(tok, ["zz"], width, len(PROMPTS))])
+    whole = model.generate(input_ids=ids, attention_mask=attn, max_new_tokens=24, do_sample=False, pad_token_id=pad,
+                           eos_token_id=eos, stopping_criteria=stop)
+    sizes, generate = [], model.generate
+
+    def spy(**kwargs):
+        sizes.append(kwargs["input_ids"].shape[0])
+        return generate(**kwargs)
+
+    monkeypatch.setattr(model, "generate", spy)
+    rounds = generate_in_rounds(model, ids, attn, 24, pad, eos, lambda rows: StopOnStrings(tok, ["zz"], width, rows),
+                                round_tokens=4)
+    assert rounds.tolist() == whole.tolist()
+    assert sizes[0] == len(PROMPTS) and sizes[-1] < len(PROMPTS) and sizes == sorted(sizes, reverse=True)
+
+
+def test_rounds_keep_a_sliding_window_model_s_own_cache_and_tokens():
+    """Gemma 3's sliding-window layers: generate_in_rounds uses the cache generate builds (not the growing one)
+    and writes the same tokens as one generate call, past the window."""
+    import transformers as tf
+
+    torch.manual_seed(0)
+    model = tf.Gemma3ForCausalLM(tf.Gemma3TextConfig(
+        vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=8, sliding_window=8)).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(6.0)
+    ids = torch.randint(1, 97, (3, 12), generator=torch.Generator().manual_seed(1))
+    attn = torch.ones_like(ids)
+    attn[0, :4] = 0
+    whole = model.generate(input_ids=ids, attention_mask=attn, max_new_tokens=20, do_sample=False, pad_token_id=0,
+                           eos_token_id=None)
+    rounds = generate_in_rounds(model, ids, attn, 20, 0, None, round_tokens=6)  # None: the config's EOS, as generate
+    assert rounds.tolist() == whole.tolist() and len({tuple(r) for r in whole[:, 12:].tolist()}) == 3
 
 
 def test_stop_on_strings_is_per_row(sharp_model):

@@ -62,6 +62,24 @@ def test_busy_cores_count_runnable_threads_of_others_not_niced_ones(tmp_path, mo
     assert threads.busy_cores(tmp_path / "absent") is None
 
 
+def test_with_autogroups_a_niced_thread_of_another_session_counts_unless_its_session_is_niced(tmp_path,
+                                                                                             monkeypatch):
+    """Autogroups on: a thread's nice weighs only within its session. Another session's `nice -n 19` job takes a
+    core (counted) unless its autogroup is niced; in this process's own session the thread's nice decides."""
+    monkeypatch.setattr(threads, "SAMPLE_GAP_S", 0)
+    own = os.getpid()
+    (tmp_path / "sys" / "kernel").mkdir(parents=True)
+    (tmp_path / "sys" / "kernel" / "sched_autogroup_enabled").write_text("1\n")
+    for pid, nice, group in ((own, 0, "/autogroup-1 nice 0"), (100, 19, "/autogroup-2 nice 0"),
+                             (200, 19, "/autogroup-3 nice 19"), (300, 19, "/autogroup-1 nice 0"),
+                             (400, 0, "/autogroup-4 nice 0")):
+        _task(tmp_path, pid, pid, "R", nice)
+        (tmp_path / str(pid) / "autogroup").write_text(group + "\n")
+    assert threads.busy_cores(tmp_path) == 2  # 100 (another session, not niced as a group) and 400
+    (tmp_path / "sys" / "kernel" / "sched_autogroup_enabled").write_text("0\n")
+    assert threads.busy_cores(tmp_path) == 1  # autogroups off: each thread's own nice, only 400 counts
+
+
 def test_the_wait_policy_is_set_before_torch_loads_and_recorded():
     """In a fresh interpreter (here torch is loaded already): the policy reaches the environment torch's OpenMP
     runtime reads at load, and the record says who set it and the threads chosen."""

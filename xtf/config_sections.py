@@ -150,6 +150,14 @@ class TrainConfig:
     # LengthGroupedSampler, seeded): less padding, another data order, so in the run id when on.
     packing: bool = False
     group_by_length: bool = field(default=False, metadata=ID_OMIT_DEFAULT)
+    # > 0: each micro-batch runs as pieces of at most this many padded positions (rows × the piece's longest row;
+    # rows sorted by length, a longer row alone), each piece's backward before the next's forward: activation
+    # memory bounded by the budget, less padding, smaller working sets (2 CPU cores, one step of 8 SmolLM2 rows:
+    # 9 s in pieces of 512, 17 s whole, 23 s with activation checkpointing: experiments/bench_steps.py). Every
+    # piece's loss is divided by the whole micro-batch's denominator, so the step's loss and gradient are the same
+    # to float tolerance: not in the run id (tests/test_micro_batch.py). Offline methods on one process only
+    # (xtf.validate says why). 0: off.
+    micro_batch_tokens: int = 0
 
 
 @dataclass(frozen=True)
@@ -181,7 +189,7 @@ class EvalConfig:
     sandbox: SandboxConfig = SandboxConfig()
     # Runs model-written code directly on this machine when bubblewrap is missing. Dangerous; off by default.
     UNSAFE_allow_unsandboxed_code: bool = False
-    # Generation speed (xtf.evaluate.token_budget_batches; README "Evaluation speed"). batch_tokens > 0: batches
+    # Generation speed (xtf.batching.token_budget_batches; README "Evaluation speed"). batch_tokens > 0: batches
     # cut by a token budget (sequences x (longest prompt + max_new_tokens)) instead of batch_size prompts; greedy
     # outputs are the same either way, so it is never in a greedy task's run id. backend=vllm: lm-eval's vLLM model
     # (a CUDA GPU and `pip install vllm`; lm-eval tasks only), checked by xtf.backends.check_backend.

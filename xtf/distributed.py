@@ -113,6 +113,10 @@ def check(dist_cfg, train_cfg, rt: Runtime, on_gpu: bool) -> None:
         raise ConfigError("dist.mixed_precision=fp16 needs a GPU; on CPU use null (float32) or bf16")
     if dist_cfg.fsdp_offload and rt.strategy != "fsdp":
         raise ConfigError(f"dist.fsdp_offload=true applies to dist.strategy=fsdp only (got {rt.strategy})")
+    if train_cfg.micro_batch_tokens and rt.world_size > 1:  # each piece's backward would synchronise gradients
+        raise ConfigError(f"train.micro_batch_tokens={train_cfg.micro_batch_tokens} runs on one process only (here "
+                          f"{rt.world_size}, dist.strategy={rt.strategy}): set train.micro_batch_tokens=0, or lower "
+                          f"train.batch_size and raise train.grad_accum for less memory per process")
     batch_split(train_cfg.batch_size, train_cfg.grad_accum, rt.world_size)
 
 

@@ -8,8 +8,10 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 from transformers import StoppingCriteria, StoppingCriteriaList
+from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 
 from xtf import distributed
+from xtf.batching import token_budget_batches  # also xtf.generation.token_budget_batches
 from xtf.data import prompt_ids
 
 
@@ -38,23 +40,96 @@ class StopOnStrings(StoppingCriteria):
         return self.done.to(input_ids.device)
 
 
-def token_budget_batches(lengths: list[int], batch_size: int, batch_tokens: int = 0, new_tokens: int = 0,
-                         n: int = 1) -> list[list[int]]:
-    """Indices of `lengths` (prompt tokens) sorted by length (shortest first), cut into batches.
+ROUND_TOKENS = 16  # greedy decoding: new tokens per round of `generate_in_rounds`
 
-    batch_tokens = 0: `batch_size` prompts per batch. batch_tokens > 0 (batch_size is then not used): as many
-    prompts as fit the budget, at least one: sequences (prompts × n) × (longest prompt + new_tokens) <= batch_tokens,
-    i.e. the padded [rows, length] block of the batch's last step, which bounds the KV cache and the work per step."""
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    if batch_tokens <= 0:
-        return [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
-    batches, current = [], []
-    for i in order:  # ascending: the prompt joining a batch is its longest
-        if current and (len(current) + 1) * n * (lengths[i] + new_tokens) > batch_tokens:
-            batches.append(current)
-            current = []
-        current.append(i)
-    return batches + [current] if current else batches
+
+class _GrowingLayer(DynamicLayer):
+    """A DynamicLayer whose keys and values live in buffers grown by doubling: a decoding step writes its position
+    in place instead of copying the layer's whole cache (DynamicLayer's torch.cat: 60 copies of the cache per step
+    of a 30-layer model, ~30 % of a CPU decoding step at batch 16). The same values, so the same tokens."""
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+            self._k = self._v = None
+            self._n = 0
+        n, add = self._n, key_states.shape[-2]
+        if self._k is None or n + add > self._k.shape[-2]:  # [B, heads, capacity, head_dim]
+            capacity = max(2 * (n + add), 64)
+            k = key_states.new_empty(*key_states.shape[:-2], capacity, key_states.shape[-1])
+            v = value_states.new_empty(*value_states.shape[:-2], capacity, value_states.shape[-1])
+            if n:
+                k[..., :n, :], v[..., :n, :] = self.keys, self.values
+            self._k, self._v = k, v
+        self._k[..., n:n + add, :] = key_states
+        self._v[..., n:n + add, :] = value_states
+        self._n = n + add
+        self.keys, self.values = self._k[..., :self._n, :], self._v[..., :self._n, :]
+        return self.keys, self.values
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        if self.is_initialized and self._n:
+            self._k, self._v = self._k[indices], self._v[indices]
+            self.keys, self.values = self._k[..., :self._n, :], self._v[..., :self._n, :]
+
+    def crop(self, tokens_to_remove: int) -> None:
+        raise NotImplementedError("xtf.generation's growing KV cache is used by generate_in_rounds only")
+
+    batch_repeat_interleave = crop
+
+
+class _GrowingCache(DynamicCache):
+    def __init__(self):
+        Cache.__init__(self, layer_class_to_replicate=_GrowingLayer)
+
+
+def _kv_cache(model) -> DynamicCache:
+    """The growing cache when every layer of the model's cache would be a plain DynamicLayer (full attention), else
+    the DynamicCache `generate` builds itself (sliding-window layers: Gemma 3)."""
+    cache = DynamicCache(config=model.config)
+    return _GrowingCache() if all(type(layer) is DynamicLayer for layer in cache.layers) else cache
+
+
+@torch.no_grad()
+def generate_in_rounds(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int,
+                       pad_id: int, eos_ids, stopping=None, round_tokens: int = ROUND_TOKENS,
+                       **generate_kwargs) -> torch.Tensor:
+    """Greedy `model.generate` of a left-padded batch, `round_tokens` new tokens at a time: between rounds the rows
+    that have ended (an EOS among `eos_ids`, or the stopping criterion `stopping(rows)` builds, e.g. StopOnStrings,
+    marked them done) leave the batch together with their rows of the KV cache, so that a batch no longer decodes
+    every row for as long as its longest one (a row that never stops kept 15 others decoding to max_new_tokens).
+    Returns [B, prompt + new tokens] as `generate` does, each ended row padded with pad_id. Greedy decoding is per
+    row, so the tokens are those of one `generate` call (tests/test_eval_speed.py)."""
+    rows, prompt = input_ids.shape
+    out = input_ids.new_full((rows, prompt + max_new_tokens), pad_id)
+    out[:, :prompt] = input_ids
+    if eos_ids is None:  # as generate: the model's generation config
+        eos_ids = model.generation_config.eos_token_id
+    eos = torch.tensor([e for e in ([eos_ids] if isinstance(eos_ids, int) else eos_ids or ()) if e is not None],
+                       dtype=input_ids.dtype, device=input_ids.device)
+    active = torch.arange(rows, device=input_ids.device)
+    ids, attn, cache, made = input_ids, attention_mask, _kv_cache(model), 0
+    while made < max_new_tokens:
+        step = min(round_tokens, max_new_tokens - made)
+        criteria = stopping(len(active)) if stopping is not None else None
+        seq = model.generate(input_ids=ids, attention_mask=attn, past_key_values=cache, max_new_tokens=step,
+                             do_sample=False, pad_token_id=pad_id, eos_token_id=eos.tolist() or None, use_cache=True,
+                             stopping_criteria=StoppingCriteriaList([criteria] if criteria else []),
+                             **generate_kwargs)
+        new = seq[:, ids.shape[1]:]                                    # [rows left, <= step]
+        out[active, prompt + made: prompt + made + new.shape[1]] = new
+        made += new.shape[1]
+        ended = torch.isin(new, eos).any(1) if eos.numel() else torch.zeros(len(active), dtype=torch.bool)
+        if criteria is not None:
+            ended |= criteria.done.to(ended.device)
+        if ended.all() or new.shape[1] < step:  # generate ends early only when every row has ended
+            break
+        keep = (~ended).nonzero().squeeze(1)
+        cache.batch_select_indices(keep)  # the cache holds every token but the last: generate continues from it
+        ids = seq[keep]
+        attn = torch.cat([attn, attn.new_ones(len(active), new.shape[1])], 1)[keep]
+        active = active[keep]
+    return out[:, :prompt + made]
 
 
 @torch.no_grad()
@@ -87,10 +162,15 @@ def generate_many(model, tokenizer, prompts: list[str], chat_template: bool, bat
         # Left padding: every prompt ends at the same position, so generation continues each one directly.
         ids = torch.tensor([[pad] * (length - len(encoded[i])) + encoded[i] for i in idx], device=device)
         attn = torch.tensor([[0] * (length - len(encoded[i])) + [1] * len(encoded[i]) for i in idx], device=device)
-        criteria = StoppingCriteriaList([StopOnStrings(tokenizer, stop, length, len(idx) * n)] if stop else [])
-        out = model.generate(input_ids=ids, attention_mask=attn, max_new_tokens=max_new_tokens,
-                             pad_token_id=pad, eos_token_id=tokenizer.eos_token_id, use_cache=True,
-                             stopping_criteria=criteria, **decoding)
+        if not do_sample and num_beams == 1:  # greedy: ended rows leave the batch between rounds
+            stopping = (lambda rows, at=length: StopOnStrings(tokenizer, stop, at, rows)) if stop else None
+            out = generate_in_rounds(model, ids, attn, max_new_tokens, pad, tokenizer.eos_token_id, stopping)
+        else:
+            rows = len(idx) * n
+            criteria = StoppingCriteriaList([StopOnStrings(tokenizer, stop, length, rows)] if stop else [])
+            out = model.generate(input_ids=ids, attention_mask=attn, max_new_tokens=max_new_tokens,
+                                 pad_token_id=pad, eos_token_id=tokenizer.eos_token_id, use_cache=True,
+                                 stopping_criteria=criteria, **decoding)
         texts = tokenizer.batch_decode(out[:, length:], skip_special_tokens=True)  # [len(idx) * n], prompt-major
         for j, i in enumerate(idx):
             outputs[i] = texts[j * n : (j + 1) * n]

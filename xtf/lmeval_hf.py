@@ -17,7 +17,8 @@ from tqdm.auto import tqdm
 from transformers import StoppingCriteriaList
 
 from xtf import distributed
-from xtf.generation import StopOnStrings, token_budget_batches
+from xtf.batching import token_budget_batches
+from xtf.generation import StopOnStrings, generate_in_rounds
 
 # lm-eval's two warnings on every in-memory model: both say that `pretrained` is a model object, which is how this
 # harness uses HFLM on purpose (one process, no accelerate launch). Only these exact messages are dropped.
@@ -60,7 +61,7 @@ class _FastGeneration:
       MultiTokenEOSCriteria, which ends a batch only when every row has met the same stop string: a batch whose
       rows end on "\\n\\n" and on "Question:" (or one row that never stops) generated max_gen_toks for all of them;
     - batch_tokens > 0: requests sorted by prompt length and cut into batches by a token budget
-      (xtf.generation.token_budget_batches), each run by HFLM.generate_until as one batch: short prompts go many
+      (xtf.batching.token_budget_batches), each run by HFLM.generate_until as one batch: short prompts go many
       to a batch, long ones few, instead of a fixed row count sized for the longest."""
 
     batch_tokens = 0
@@ -115,7 +116,8 @@ class _PrivateHFLMHooks:
     signatures and the body of HFLM._model_generate copied here, and checks that lm-eval calls both):
 
     - `_model_generate` (one generation batch, called by HFLM.generate_until): HFLM's own body with
-      xtf.generation.StopOnStrings (a per-row stop) in place of lm-eval's stop_sequences_criteria;
+      xtf.generation.StopOnStrings (a per-row stop) in place of lm-eval's stop_sequences_criteria, and greedy
+      batches decoded by xtf.generation.generate_in_rounds (ended rows leave the batch; the same tokens);
     - `_model_call` (one log-likelihood batch): HFLM's, unchanged.
     Both advance the batch progress bar (`_BatchProgress._advance`) by the batch's rows when it is done."""
 
@@ -126,11 +128,20 @@ class _PrivateHFLMHooks:
             generation_kwargs["do_sample"] = do_sample = False
         if do_sample is False and temp == 0.0:
             generation_kwargs.pop("temperature", None)
-        criteria = StoppingCriteriaList([StopOnStrings(self.tokenizer, stop, context.shape[1], context.shape[0])])
         with torch.autocast(device_type=self.device.type, dtype=self.mixed_precision_dtype,
                             enabled=self.mixed_precision_dtype is not None):
-            out = self.model.generate(input_ids=context, max_length=max_length, stopping_criteria=criteria,
-                                      pad_token_id=self.tokenizer.pad_token_id, use_cache=True, **generation_kwargs)
+            if do_sample is False and generation_kwargs.get("num_beams", 1) == 1:  # greedy: in rounds (xtf.generation)
+                kwargs = {k: v for k, v in generation_kwargs.items() if k not in ("do_sample", "attention_mask")}
+                out = generate_in_rounds(
+                    self.model, context, generation_kwargs["attention_mask"], max_length - context.shape[1],
+                    self.tokenizer.pad_token_id, self.model.generation_config.eos_token_id,
+                    lambda rows: StopOnStrings(self.tokenizer, stop, context.shape[1], rows), **kwargs)
+            else:
+                criteria = StoppingCriteriaList([StopOnStrings(self.tokenizer, stop, context.shape[1],
+                                                               context.shape[0])])
+                out = self.model.generate(input_ids=context, max_length=max_length, stopping_criteria=criteria,
+                                          pad_token_id=self.tokenizer.pad_token_id, use_cache=True,
+                                          **generation_kwargs)
         self._advance(context.shape[0])
         return out
 

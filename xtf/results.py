@@ -39,8 +39,10 @@ LIBRARIES = ("torch", "transformers", "peft", "accelerate", "datasets", "tokeniz
 # paths.hub_mirror, the Hub). How a run is spread over processes (`dist`) is recorded in its provenance instead;
 # whether and where its dataset is exported (`export`, xtf.export) changes none of its numbers.
 _NOT_IN_RUN_ID = {"paths", "wandb", "experiment", "force", "device", "dist", "export"}
-# loss_impl and packing: the same loss to float tolerance (tests/test_lm_loss.py), recorded in training.*.
-_TRAIN_NOT_IN_RUN_ID = {"save_steps", "save_total_limit", "keep_checkpoints", "logging_steps", "loss_impl", "packing"}
+# loss_impl, packing and micro_batch_tokens: the same loss to float tolerance (tests/test_lm_loss.py,
+# tests/test_micro_batch.py), recorded in training.*.
+_TRAIN_NOT_IN_RUN_ID = {"save_steps", "save_total_limit", "keep_checkpoints", "logging_steps", "loss_impl", "packing",
+                        "micro_batch_tokens"}
 # Evaluation keys that only the sandboxed code protocol (pass@k) reads: hashed for code tasks only, so adding
 # them left every other run's id unchanged. sandbox.parallel only changes speed: never hashed.
 _CODE_EVAL_KEYS = {"n_samples", "temperature", "top_p", "pass_k", "code_protocol", "sandbox",

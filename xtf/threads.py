@@ -15,7 +15,10 @@ an order of magnitude slower than with fewer threads. So:
     the median of a few samples over ~0.2 s: the 1-minute load average would still count the run that just
     ended (`make run` runs two in a row), and make the second one needlessly use one thread. A thread niced to
     NICE_YIELDS or more is not counted: against a run at nice 0 the kernel gives it under a tenth of a core
-    (CFS weight 110 against 1024), so its core is as good as free.
+    (CFS weight 110 against 1024), so its core is as good as free. With the kernel's autogroups on
+    (/proc/sys/kernel/sched_autogroup_enabled, the default of many desktop kernels) a thread's own nice weighs
+    only within its session: a thread of another session yields only when its session's autogroup is niced
+    (/proc/<pid>/autogroup: "... nice N"); a `nice -n 19` job started from another terminal takes a full core.
 The thread count changes a run's floats only by rounding (a reduction's order): it is recorded in the run (with
 the reason) but is no part of its identity.
 """
@@ -46,12 +49,35 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
+def _autogroup(proc: Path, pid: str) -> tuple[str, int] | None:
+    """(autogroup name, its nice) of a process, from /proc/<pid>/autogroup ("/autogroup-12 nice 0"); None when
+    unreadable."""
+    try:
+        name, _, nice = (proc / pid / "autogroup").read_text().split()
+        return name, int(nice)
+    except (OSError, ValueError):
+        return None
+
+
+def _effective_nice(proc: Path, pid: str, thread_nice: int, own_group: tuple[str, int] | None) -> int:
+    """The nice that decides a thread's share against this process: its own, or with autogroups on and the thread
+    in another session, its autogroup's (module doc)."""
+    group = _autogroup(proc, pid) if own_group is not None else None
+    return thread_nice if group is None or group[0] == own_group[0] else group[1]
+
+
 def _runnable_threads(proc: Path, own: str) -> int | None:
-    """Threads of other processes in state R at nice < NICE_YIELDS now; None where /proc is not there (not Linux)."""
+    """Threads of other processes in state R whose effective nice is < NICE_YIELDS now; None where /proc is not
+    there (not Linux)."""
     try:
         pids = [p for p in os.listdir(proc) if p.isdigit() and p != own]
     except OSError:
         return None
+    try:
+        autogroups = (proc / "sys" / "kernel" / "sched_autogroup_enabled").read_text().strip() == "1"
+    except OSError:
+        autogroups = False
+    own_group = _autogroup(proc, own) if autogroups else None
     n = 0
     for pid in pids:
         try:
@@ -64,7 +90,7 @@ def _runnable_threads(proc: Path, own: str) -> int | None:
             except (OSError, IndexError):
                 continue
             # after "(comm)": state is field 0, nice field 16 (proc(5): fields 3 and 19)
-            n += fields[0] == "R" and int(fields[16]) < NICE_YIELDS
+            n += fields[0] == "R" and _effective_nice(proc, pid, int(fields[16]), own_group) < NICE_YIELDS
     return n
 
 

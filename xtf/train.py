@@ -8,6 +8,7 @@ plus PEFT for LoRA. XTF's own parts are only the labels and the loss normalisati
         D = number of answer tokens in the micro-batch         (train.loss_norm = "answer": masking a token
                                                                  lowers the step size instead of re-weighting
                                                                  the remaining tokens)
+With train.micro_batch_tokens > 0 a micro-batch runs as pieces (xtf.batching), each piece's sum over the same D.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from xtf import checkpoints, distributed, lm_loss
+from xtf.batching import token_budget_batches
 from xtf.checkpoints import last_checkpoint
 from xtf.config import ModelConfig, TrainConfig
 from xtf.finite import LossWatch, NonFiniteError
@@ -41,14 +43,16 @@ def make_labels(input_ids: list[int] | np.ndarray, keep: np.ndarray) -> list[int
 
 
 def masked_loss(nll: torch.Tensor, labels: torch.Tensor, response_mask: torch.Tensor, loss_norm: str,
-                weights: torch.Tensor | None = None) -> torch.Tensor:
+                weights: torch.Tensor | None = None, denominator: torch.Tensor | None = None) -> torch.Tensor:
     """Mean NLL of the kept tokens, normalised per `loss_norm` (see module docstring). Shapes [B, L]. `weights`
     (an online method's detached per-token loss weights, e.g. DFT's) multiply each kept token's NLL; the
-    denominator stays a token count."""
+    denominator stays a token count (`denominator`: given, for a piece of a micro-batch)."""
     kept = (labels != IGNORE).float()
     if weights is not None:
         kept = kept * weights
-    return (nll * kept).sum() / loss_denominator(labels, response_mask, loss_norm)
+    if denominator is None:
+        denominator = loss_denominator(labels, response_mask, loss_norm)
+    return (nll * kept).sum() / denominator
 
 
 def loss_denominator(labels: torch.Tensor, response_mask: torch.Tensor, loss_norm: str) -> torch.Tensor:
@@ -93,9 +97,11 @@ class Collator:
 
 
 def step_loss(model, batch: dict, labels: torch.Tensor, response_mask: torch.Tensor, loss_norm: str,
-              impl: str = "chunked", select=None, around_forward=None) -> torch.Tensor:
+              impl: str = "chunked", select=None, around_forward=None,
+              denominator: torch.Tensor | None = None) -> torch.Tensor:
     """One micro-batch's loss (module docstring), its logits computed per `impl` (xtf.lm_loss: chunked | kept |
     full, the same loss to float tolerance). batch: the model's inputs (input_ids, attention_mask or position_ids).
+    `denominator`: D when these rows are a piece of a larger micro-batch (micro_batch_pieces), else computed here.
     `select(nll [B, L] detached, labels, signals) -> (labels, weights | None)`: an online method's rule, given the
     current NLL of every token the offline labels train (the only ones it may keep) and what `around_forward` (a
     context manager around the forward pass, yielding the method's per-step signals) captured."""
@@ -119,12 +125,21 @@ def step_loss(model, batch: dict, labels: torch.Tensor, response_mask: torch.Ten
                                                           softcap), labels)
             labels, weights = select(nll, labels, signals)
             trained = labels[:, 1:] != IGNORE
-        w = ((weights[:, 1:][trained] if weights is not None else trained[trained].float())
-             / loss_denominator(labels, response_mask, loss_norm))
+        if denominator is None:
+            denominator = loss_denominator(labels, response_mask, loss_norm)
+        w = (weights[:, 1:][trained] if weights is not None else trained[trained].float()) / denominator
         return lm_loss.linear_cross_entropy(hidden[:, :-1][trained], head, ids[:, 1:][trained], w, softcap)
     if select is not None:
         labels, weights = select(nll.detach(), labels, signals)
-    return masked_loss(nll, labels, response_mask, loss_norm, weights)
+    return masked_loss(nll, labels, response_mask, loss_norm, weights, denominator)
+
+
+def micro_batch_pieces(attention_mask: torch.Tensor, budget: int) -> list[tuple[list[int], int]]:
+    """The pieces a right-padded micro-batch runs as under train.micro_batch_tokens=`budget`: (row indices, length
+    of the piece's longest row) per piece, rows sorted by length, rows x length <= budget (a longer row alone)."""
+    lengths = attention_mask.sum(1).tolist()
+    return [(idx, int(max(lengths[i] for i in idx)))
+            for idx in token_budget_batches(lengths, len(lengths), budget)]
 
 
 def _trainer_class():
@@ -139,16 +154,17 @@ def _trainer_class():
         throughput = None              # Throughput: tokens and padding of every micro-batch
         watch = None                   # xtf.finite.LossWatch: the first step with a NaN / infinite loss
         loss_is_scaled_for_ga = False  # a per-micro-batch mean; Trainer divides by the accumulation steps
+        micro_batch_tokens = 0         # train.micro_batch_tokens: > 0, a micro-batch runs in pieces (offline_loss)
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             labels, response_mask = inputs.pop("labels"), inputs.pop("response_mask")
             rows = inputs.pop("row", None)
-            if self.throughput is not None:
-                self.throughput.count(inputs, labels)
             step = self.state.global_step
             if self.selector is None:
-                loss = step_loss(model, inputs, labels, response_mask, self.loss_norm, self.loss_impl)
+                loss = self.offline_loss(model, inputs, labels, response_mask)
             else:
+                if self.throughput is not None:
+                    self.throughput.count(inputs, labels)
                 loss = step_loss(model, inputs, labels, response_mask, self.loss_norm, self.loss_impl,
                                  select=lambda nll, lab, signals: self.selector(signals, lab, nll, rows, step,
                                                                                 self.state.max_steps),
@@ -158,6 +174,31 @@ def _trainer_class():
             if self.watch is not None:
                 self.watch.see(loss, step + 1)  # global_step counts the completed steps
             return (loss, None) if return_outputs else loss
+
+        def offline_loss(self, model, inputs, labels, response_mask):
+            """The micro-batch's loss; under micro_batch_tokens, piece by piece (micro_batch_pieces): every piece
+            but the last is backpropagated here (its activations freed), the last by HF's training_step, which
+            gets the sum of the pieces' losses (each over the micro-batch's D) and divides it by the accumulation
+            steps: the same loss and gradient as the whole micro-batch (xtf.validate: one process, offline
+            methods, no packing)."""
+            mask = inputs.get("attention_mask")
+            pieces = micro_batch_pieces(mask, self.micro_batch_tokens) if self.micro_batch_tokens else []
+            if len(pieces) <= 1:
+                if self.throughput is not None:
+                    self.throughput.count(inputs, labels)
+                return step_loss(model, inputs, labels, response_mask, self.loss_norm, self.loss_impl)
+            denominator = loss_denominator(labels, response_mask, self.loss_norm)
+            done = torch.zeros((), device=labels.device)
+            for k, (idx, length) in enumerate(pieces):
+                piece = {key: value[idx, :length] for key, value in inputs.items()}
+                if self.throughput is not None:
+                    self.throughput.count(piece, labels[idx, :length])
+                loss = step_loss(model, piece, labels[idx, :length], response_mask[idx, :length], self.loss_norm,
+                                 self.loss_impl, denominator=denominator)
+                if k < len(pieces) - 1:
+                    self.accelerator.backward(loss / self.current_gradient_accumulation_steps)
+                    done = done + loss.detach()
+            return loss + done
 
         def log(self, logs, *args, **kwargs):
             if self.watch is not None:  # before anything logs or saves a step trained on a NaN (xtf.finite)
@@ -273,6 +314,7 @@ def finetune(model, tokenizer, rows: list[dict], keeps: list[np.ndarray], train_
                                data_collator=Collator(tokenizer.pad_token_id, packed=train_cfg.packing),
                                callbacks=[_loss_recorder(history, wandb_run, selector, train_cfg.save_total_limit)])
     trainer.loss_norm, trainer.loss_impl = train_cfg.loss_norm, loss_impl
+    trainer.micro_batch_tokens = train_cfg.micro_batch_tokens
     trainer.selector, trainer.throughput, trainer.watch = selector, Throughput(), LossWatch()
     # Rank 0 checks (and removes broken) checkpoints alone, the others take its answer: no rank reads a checkpoint
     # another is deleting.
@@ -295,6 +337,7 @@ def finetune(model, tokenizer, rows: list[dict], keeps: list[np.ndarray], train_
         "loss_history": history,
         "rows": len(dataset),
         "loss_impl": loss_impl,
+        "micro_batch_tokens": train_cfg.micro_batch_tokens,
         # This process's steps only (a resumed run: the steps after the resume point).
         "throughput": trainer.throughput.record(seconds),
         **({"online": selector.record()} if selector is not None else {}),

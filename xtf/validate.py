@@ -119,7 +119,23 @@ def _check_method(run: RunConfig, task_options) -> RunConfig:
         raise ConfigError(f"train.packing=true is not supported with method={run.method.name}: an online method "
                           f"selects per row of a padded batch (xtf.online); use train.packing=false, or "
                           f"train.group_by_length=true for less padding")
+    _check_micro_batch_tokens(run, spec)
     return run
+
+
+def _check_micro_batch_tokens(run: RunConfig, spec) -> None:
+    """train.micro_batch_tokens cuts a padded micro-batch of an offline method into pieces (xtf.train)."""
+    budget = run.train.micro_batch_tokens
+    if not budget:
+        return
+    why = ("it is a number of padded positions, > 0 (0: off)" if budget < 0 else
+           "packed rows (train.packing=true) have no padding to cut" if run.train.packing else
+           f"an online method (method={run.method.name}) selects tokens per micro-batch" if spec.kind == "online" else
+           f"dist.strategy={run.dist.strategy} synchronises gradients at each backward" if run.dist.strategy != "none"
+           else None)
+    if why:
+        raise ConfigError(f"train.micro_batch_tokens={budget} is not allowed here: {why}; set "
+                          f"train.micro_batch_tokens=0")
 
 
 def _check_score_only_and_export(run: RunConfig) -> RunConfig:
