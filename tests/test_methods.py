@@ -12,7 +12,7 @@ import pytest
 import torch
 from conftest import ROOT, compose
 
-from xtf.methods.slm import slm_select
+from xtf.methods.slm_step import slm_select
 from xtf.pipeline import run
 from xtf.train import IGNORE
 from xtf.validate import validate

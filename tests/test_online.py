@@ -14,8 +14,11 @@ import torch
 from conftest import compose
 
 from xtf import augment, masking, methods, online
-from xtf.config import MethodConfig, ProFitConfig, SSTokenConfig, STMConfig
-from xtf.methods import dft, profit, sstoken
+from xtf.config import MethodConfig
+from xtf.methods import dft_step, profit_step, sstoken_step
+from xtf.methods.profit import ProFitConfig
+from xtf.methods.sstoken import SSTokenConfig
+from xtf.methods.stm import STMConfig
 from xtf.online import IGNORE, Step
 from xtf.pipeline import run
 from xtf.train import masked_loss
@@ -34,23 +37,23 @@ def test_sstoken_top_k_uses_attention_alone_during_the_warm_up():
     attention = torch.tensor([[0.0, 0.1, 0.9, 0.2, 0.8, 0.3]])
     method = _method(name="sstoken", keep_ratio=0.6, sstoken=SSTokenConfig(gamma=0.5, warmup=0.2))
     step = Step(labels, current, {"nll": base}, {"prompt_attention": attention}, progress=0.1)
-    warm, weights = sstoken.select(step, method)
+    warm, weights = sstoken_step.select(step, method)
     assert weights is None
     assert warm.tolist() == [[IGNORE, IGNORE, 12, IGNORE, 14, 15]]        # attention alone: .9, .8, .3
     step.progress = 0.2                                                  # warm-up over (progress >= warmup)
-    combined, _ = sstoken.select(step, method)
+    combined, _ = sstoken_step.select(step, method)
     # .5·REL + .5·attn = .55, .45, .475, .525, .4 → positions 1, 4, 3
     assert combined.tolist() == [[IGNORE, 11, IGNORE, 13, 14, IGNORE]]
-    rel_only, _ = sstoken.select(step, _method(name="sstoken", keep_ratio=0.6, sstoken=SSTokenConfig(gamma=1.0)))
+    rel_only, _ = sstoken_step.select(step, _method(name="sstoken", keep_ratio=0.6, sstoken=SSTokenConfig(gamma=1.0)))
     assert rel_only.tolist() == [[IGNORE, 11, IGNORE, 13, IGNORE, 15]]   # REL 4, 3, 2
-    assert sstoken.ceil_k(0.6, 5) == 3 and sstoken.ceil_k(0.6, 4) == 3 and sstoken.ceil_k(0.1, 30) == 3
+    assert sstoken_step.ceil_k(0.6, 5) == 3 and sstoken_step.ceil_k(0.6, 4) == 3 and sstoken_step.ceil_k(0.1, 30) == 3
 
 
 def test_sstoken_selects_per_sample_and_never_an_untrainable_token():
     labels = torch.tensor([[IGNORE, 5, 6, IGNORE], [IGNORE, IGNORE, IGNORE, IGNORE]])
     attention = torch.tensor([[0.0, 0.2, 0.1, 0.99], [0.5, 0.5, 0.5, 0.5]])
     step = Step(labels, torch.zeros(2, 4), {"nll": torch.zeros(2, 4)}, {"prompt_attention": attention}, 0.0)
-    out, _ = sstoken.select(step, _method(name="sstoken", keep_ratio=0.5))
+    out, _ = sstoken_step.select(step, _method(name="sstoken", keep_ratio=0.5))
     assert out.tolist() == [[IGNORE, 5, IGNORE, IGNORE], [IGNORE] * 4]
 
 
@@ -69,7 +72,7 @@ def test_prompt_attention_equals_the_eager_formula():
     with torch.no_grad():
         eager = model(input_ids=ids, attention_mask=attn, output_attentions=True).attentions[-1].mean(1)  # [B, L, L]
         model.set_attn_implementation("sdpa")
-        provider = sstoken.PromptAttention(model, _method(name="sstoken"))
+        provider = sstoken_step.PromptAttention(model, _method(name="sstoken"))
         with provider.capture(model, {"response_mask": response}) as got:
             model(input_ids=ids, attention_mask=attn)
     value = got()
@@ -85,7 +88,7 @@ def test_profit_threshold_and_direction(direction, kept):
     p = torch.tensor([[0.125, 0.25, 0.5, 0.2499]])                  # p == threshold is kept under keep_higher
     labels = torch.tensor([[7, 8, 9, 10]])
     step = Step(labels, -torch.log(p), {}, {}, 0.0)
-    out, weights = profit.select(step, _method(name="profit", profit=ProFitConfig(0.25, direction)))
+    out, weights = profit_step.select(step, _method(name="profit", profit=ProFitConfig(0.25, direction)))
     assert weights is None and (out != IGNORE).tolist() == [kept]
 
 
@@ -104,7 +107,7 @@ def test_stm_masks_high_base_perplexity_and_exempts_eos():
 def test_dft_weights_each_token_by_its_detached_probability():
     nll = torch.tensor([[0.0, float(np.log(2.0)), float(np.log(4.0))]], requires_grad=True)   # p = 1, .5, .25
     labels = torch.tensor([[IGNORE, 3, 4]])
-    out, w = dft.select(Step(labels, nll.detach(), {}, {}, 0.0), _method(name="dft"))
+    out, w = dft_step.select(Step(labels, nll.detach(), {}, {}, 0.0), _method(name="dft"))
     assert out.tolist() == labels.tolist() and torch.allclose(w, torch.tensor([[0.0, 0.5, 0.25]]))
     loss = masked_loss(nll, out, torch.tensor([[0, 1, 1]]), "kept", w)
     assert loss.item() == pytest.approx((0.5 * np.log(2) + 0.25 * np.log(4)) / 2)

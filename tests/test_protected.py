@@ -16,8 +16,9 @@ import pytest
 from conftest import compose
 
 from xtf import explain, masking
-from xtf.config import MethodConfig, ModelConfig, STMConfig
+from xtf.config import MethodConfig, ModelConfig
 from xtf.data import tokenize, tokenize_cached
+from xtf.methods.stm import STMConfig
 from xtf.results import run_id, run_id_fields
 from xtf.tasks import gsm8k, medqa, pubmedqa
 from xtf.tasks.common import RowChecker
@@ -178,7 +179,7 @@ def test_online_selection_keeps_protected_tokens(tokenizer):
     import torch
 
     from xtf import online
-    from xtf.config import ProFitConfig
+    from xtf.methods.profit import ProFitConfig
 
     (row,), _ = tokenize(tokenizer, [gsm8k_example()], 512, "right", False, protect=gsm8k.protected_spans)
     labels = torch.tensor([[t if m else online.IGNORE for t, m in zip(row["input_ids"], row["response_mask"])]])

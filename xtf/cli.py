@@ -24,16 +24,14 @@ from xtf.errors import ConfigError, DataError, RunBusy, WeightsNotFound
 from xtf.overrides import CONF, exit_on_bad_overrides
 from xtf.quiet import remove_failed_outputs, silence_known_warnings
 from xtf.sandbox_bwrap import SandboxUnavailable
+from xtf.unread import check_overrides_read
+from xtf.validate import validate
 from xtf.weights import check_available
 
 log = logging.getLogger("xtf")
 
 
 def _run(cfg: DictConfig) -> None:
-    # Imported here, not above: --help and a bad override (xtf.overrides) are answered without loading torch.
-    from xtf.unread import check_overrides_read  # the method registry (xtf.methods) imports torch
-    from xtf.validate import validate  # the method registry (xtf.methods) imports torch
-
     silence_known_warnings()
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:

@@ -22,23 +22,16 @@ from typing import Any, Literal
 
 from xtf.config_sections import (  # noqa: F401 - re-exported: `from xtf.config import ModelConfig` etc.
     ID_OMIT_DEFAULT,
-    DAConfig,
     DataConfig,
     DistConfig,
     EvalConfig,
     ExportConfig,
-    KNConfig,
     MethodConfig,
     ModelConfig,
     PathsConfig,
-    ProFitConfig,
-    RIConfig,
     SandboxConfig,
-    SSTokenConfig,
-    STMConfig,
     TaskConfig,
     TrainConfig,
-    TRConfig,
     WandbConfig,
 )
 from xtf.errors import ConfigError  # noqa: F401 - re-exported: callers catch it from here

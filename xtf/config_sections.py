@@ -1,12 +1,22 @@
 """The sections of the run configuration (xtf.config.RunConfig): one frozen dataclass per top-level key (model,
-task, data, method and its attribute sub-sections, train, eval and its sandbox, paths, wandb, dist, export), with
-each key's type, default and meaning. Schema only: xtf.config builds and range-checks them, xtf.validate checks
-them against the tasks and methods. Importable from xtf.config too (`from xtf.config import ModelConfig`)."""
+task, data, method, train, eval and its sandbox, paths, wandb, dist, export), with each key's type, default and
+meaning. Schema only: xtf.config builds and range-checks them, xtf.validate checks them against the tasks and
+methods. Importable from xtf.config too (`from xtf.config import ModelConfig`).
+
+A method's own sub-section (method.stm.*, method.ri.*, ...) lives in its module of xtf/methods, beside its rule
+(STMConfig in xtf/methods/stm.py); MethodConfig below imports it from there. The method modules never import the
+schema back (they read a MethodConfig by its attributes), so the schema sits above them."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Literal, Optional
+
+from xtf.methods.da import DAConfig
+from xtf.methods.profit import ProFitConfig
+from xtf.methods.sstoken import SSTokenConfig
+from xtf.methods.stm import STMConfig
+from xtf.methods.xtf import KNConfig, RIConfig, TRConfig
 
 # Field metadata of a key added after runs existed: at its default it is left out of run ids (xtf.results), so
 # runs that do not use it keep their ids. Task options marked so are also left out of the validated config
@@ -55,73 +65,6 @@ class DataConfig:
     # hub:<id>. Never in the run id: the rows read are, by content (xtf.results.content_identity).
     train_file: Optional[str] = field(default=None, metadata=ID_OMIT_DEFAULT)
     eval_file: Optional[str] = field(default=None, metadata=ID_OMIT_DEFAULT)
-
-
-@dataclass(frozen=True)
-class RIConfig:
-    """Reasoning importance: attention a token receives from later tokens (DESIGN.md §5)."""
-    definition: Literal["received", "official"] = "received"  # official: the released code's first-layer row mean
-    layers: tuple[int, ...] = ()       # layer indices averaged (negative counts from the end); () = every layer
-    k: float = 1.5                     # Tukey fence: noisy if RI < Q1 - k·IQR over the sample's answer tokens
-    scale: Literal["raw", "log"] = "raw"  # the scale the fence is computed on (xtf.rules.ri_scaled): on raw RI
-                                       # the fence falls below 0 and never fires; log makes it reachable
-    query_chunk: int = 64              # queries per chunk when reducing attention (bounds peak memory; 64 fits
-                                       # CPU caches: measured faster than 256 or 1024 in make bench-scoring)
-
-
-@dataclass(frozen=True)
-class KNConfig:
-    """Knowledge novelty: PCP = P(gold token | prefix) under the base model."""
-    threshold: float = 0.95            # noisy if PCP > threshold (the model already knows the token)
-
-
-@dataclass(frozen=True)
-class TRConfig:
-    """Task relevance: cosine(context-free hidden state of the token, domain vector of the expert words)."""
-    classes: int = 5                   # Multi-Otsu classes over the answer-token scores
-    drop: Literal["second_lowest", "lowest", "two_lowest"] = "second_lowest"  # which cluster(s) are noise
-    # The released code (xtf_official): "released" scorer = each token run ALONE (no special tokens), one score
-    # per decoded stripped text, the first token seen with that text wins; "released" threshold = Multi-Otsu
-    # over every token occurrence (prompt + answer) at skimage's bin centres, the class picked by the
-    # cumulative-proportion test against `weight` (xtf.rules.tr_released_threshold).
-    scorer: Literal["bos", "released"] = "bos"   # bos: [bos, token] per unique token id
-    threshold: Literal["otsu", "released"] = "otsu"
-    weight: float = 1.0                # the released TR score weight (only for threshold=released)
-
-
-@dataclass(frozen=True)
-class SSTokenConfig:
-    """ssToken (xtf/methods/sstoken.py): per sample keep the top ⌈keep_ratio·n⌉ by
-    gamma·minmax(REL) + (1-gamma)·attention."""
-    gamma: float = 0.5                 # weight of the normalised REL (the code's --ratio); 1 - gamma: attention
-    warmup: float = 0.2                # attention alone (gamma = 0) while steps done / total < warmup
-    history: Literal["base", "ema"] = "base"  # REL = NLL_history - NLL_current; base: cached base NLL
-    ema_alpha: float = 0.99            # history=ema: θ_his ← α·θ_his + (1-α)·θ each optimiser step
-    layer: int = -1                    # the layer whose attention to the prompt is the semantic score
-
-
-@dataclass(frozen=True)
-class ProFitConfig:
-    """ProFit (online): p = P(gold token | prefix) under the model being trained."""
-    threshold: float = 0.1
-    direction: Literal["keep_higher", "keep_lower"] = "keep_higher"  # keep_higher: train on p >= threshold
-
-
-@dataclass(frozen=True)
-class STMConfig:
-    """STM (offline): per-token perplexity exp(NLL) under the base model."""
-    threshold: float = 2.5
-    direction: Literal["mask_higher", "mask_lower"] = "mask_higher"  # mask_higher: no loss where exp(nll) > threshold
-
-
-@dataclass(frozen=True)
-class DAConfig:
-    """DA (xtf/methods/da.py, xtf/augment.py): answer-preserving paraphrases of each training answer, added to the
-    training set."""
-    generator: Optional[str] = None    # a conf/model name; None: the base model itself
-    n: int = 1                         # paraphrases generated per example
-    temperature: float = 0.0           # 0: greedy (then n must be 1)
-    max_new_tokens: int = 256
 
 
 @dataclass(frozen=True)

@@ -11,14 +11,16 @@ what the model being trained does with it. One interface for all of them:
 per-token NLL from the training forward pass (detached), the per-token arrays the method declares in `needs`
 (computed by xtf.scoring before training and cached: base-model "nll", reference "ref_nll", ...), the per-step
 signals it declares in `signals` (computed during the step by its `signal_providers`: "prompt_attention",
-"history_nll" of xtf.methods.sstoken) and
+"history_nll" of xtf.methods.sstoken_step) and
 the training progress (optimiser steps done / total, for warm-ups). A rule returns labels whose trainable tokens
 are a subset of the input's, and optionally per-token loss weights (detached). Everything is aligned to
 input_ids (xtf.data); xtf.train.masked_loss turns it into the loss.
 
-An online method is a registry entry of kind "online" (xtf.methods: its module holds `select`, `needs`, `signals`
-and the signals' providers; its offline mask keeps every answer token), and the pipeline hands
-`selector(method, scores)` to xtf.train.finetune: adding an online method touches its own module, nothing here.
+An online method is a registry entry of kind "online" (xtf.methods: its module declares `needs`, `signals`, and
+names `select` and the signals' providers by their "module:attribute" paths, torch code kept in its
+xtf/methods/<name>_step.py and imported here when training starts; its offline mask keeps every answer token), and
+the pipeline hands `selector(method, scores)` to xtf.train.finetune: adding an online method touches its own
+modules, nothing here.
 
 `Selector` is what the trainer calls once per micro-batch. It builds the Step, records the kept fraction per
 optimiser step (the training record's history and W&B, through the Trainer's log) and how often each token of
@@ -80,9 +82,11 @@ class Selector:
 
     def __init__(self, method, spec: methods.Method, cached: dict[str, list[np.ndarray]]):
         self.method = method
-        self.rule = spec.select
+        # The rule and its signal providers, imported here from the paths the method names (its module imports no
+        # torch, so that validating a config never loads it; xtf.methods.registry.resolve).
+        self.rule = methods.resolve(spec.select)
         self.signal_names = tuple(spec.signals(method))
-        self.providers = spec.signal_providers
+        self.providers = {name: methods.resolve(spec.signal_providers[name]) for name in self.signal_names}
         self.cached = cached
         self.selected: list[np.ndarray] = []                  # per row: Σ over visits of the keep mask (or weight)
         self.visits = np.zeros(0, dtype=np.int64)             # per row: how many steps it was in

@@ -161,8 +161,8 @@ def _run(cfg: RunConfig) -> dict:
 def _augment(cfg: RunConfig, task, examples: list[dict], device) -> tuple[list[dict], dict | None]:
     """The training examples after the method's augmentation (its registry entry's `augment`, as DA's paraphrases)
     and the record's `augmentation` section; unchanged and None for a method without one."""
-    fn = methods.get(cfg.method.name).augment
-    return fn(cfg, task, examples, device) if fn else (examples, None)
+    ref = methods.get(cfg.method.name).augment  # a path (xtf.augment's paraphrase for DA), imported here
+    return methods.resolve(ref)(cfg, task, examples, device) if ref else (examples, None)
 
 
 def _evaluate(cfg: RunConfig, model, tokenizer, task, eval_examples, main: bool) -> tuple[dict, list, dict]:

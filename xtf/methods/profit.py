@@ -1,34 +1,25 @@
 """ProFit (online): p = P(gold token | prefix) under the model being trained; keep_higher trains on p >= threshold
-(`method.profit.*`, xtf.config.ProFitConfig).
+(`method.profit.*`, ProFitConfig below). The rule, in torch: xtf/methods/profit_step.py (imported when training
+starts).
 
     python run.py method=profit method.profit.threshold=0.1
 """
 
 from __future__ import annotations
 
-import torch
+from dataclasses import dataclass
+from typing import Literal
 
-from xtf.lm_loss import IGNORE
 from xtf.methods.registry import Method
 
 
-def profit_keep(prob: torch.Tensor, threshold: float, direction: str) -> torch.Tensor:
-    """ProFit's rule on p = P(gold token | prefix) under the current model: keep_higher keeps p >= threshold
-    (the paper: tokens the model already finds plausible carry the signal; a token on the threshold is kept);
-    keep_lower keeps the complement, p < threshold. Shape preserved, bool."""
-    if direction == "keep_higher":
-        return prob >= threshold
-    if direction == "keep_lower":
-        return prob < threshold
-    raise ValueError(f"direction={direction!r}; choose keep_higher or keep_lower")
-
-
-def select(step, method):
-    """The online rule (xtf.online.Step → labels, no weights)."""
-    keep = profit_keep(torch.exp(-step.nll), method.profit.threshold, method.profit.direction)
-    return torch.where(keep, step.labels, torch.full_like(step.labels, IGNORE)), None
+@dataclass(frozen=True)
+class ProFitConfig:
+    """ProFit (online): p = P(gold token | prefix) under the model being trained."""
+    threshold: float = 0.1
+    direction: Literal["keep_higher", "keep_lower"] = "keep_higher"  # keep_higher: train on p >= threshold
 
 
 METHOD = Method(name="profit", kind="online", summary="per batch, train on tokens the model finds plausible",
-                keys=("profit",), select=select)
+                keys=("profit",), select="xtf.methods.profit_step:select")
 METHODS = (METHOD,)

@@ -6,6 +6,11 @@ every one of them. The schema's checks (xtf.validate, xtf.unread), the scoring (
 registry what a method does; none of them names a method. At the bottom of the package (with
 xtf.methods.tokens: numpy, no torch).
 
+The registry and every method module import no torch (config validation imports them: a bad value is reported
+before torch loads). What needs torch or transformers (an online rule, its signal providers, an augmentation) is
+named by its "module:attribute" path (`Ref`) and imported by `resolve` where it runs: xtf.online when training
+starts, xtf.pipeline before tokenising.
+
     from xtf import methods
     spec = methods.get("stm")                       # Method(name="stm", kind="offline", needs=("nll",), ...)
     methods.register(Method(name="mine", ...))      # a method defined outside the package (docs/add-a-method.md)
@@ -17,6 +22,7 @@ returns what the constant would be; `needs`, `keys`, `detection_score` accept ei
 from __future__ import annotations
 
 import dataclasses
+import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional
@@ -29,6 +35,11 @@ from xtf.methods.tokens import keep_all_answer_tokens
 COMMON_KEYS = frozenset({"name", "finetune", "epochs_factor", "exempt_special", "protect_answer", "protocol"})
 REFERENCE_KEYS = ("reference_warmup", "reference_lora_r", "reference_lora_alpha", "reference_lora_dropout",
                   "reference_lr", "reference_warmup_ratio")
+
+
+# A callable, or the "module:attribute" path of one (`resolve` imports it when it is first used): how a method names
+# code that loads torch or transformers, so that the registry and its method modules load neither.
+Ref = str | Callable
 
 
 def _never(method) -> bool:
@@ -52,11 +63,11 @@ class Method:
     # fn(rows, scores, method, seed, special) -> (keeps, noisy_by_attribute, info) (xtf.masking's contract).
     mask: Callable = keep_all_answer_tokens
     # Online: select(step, method) -> (labels, weights) and signals(method) -> per-step signal names (xtf.online).
-    select: Optional[Callable] = None
+    select: Optional[Ref] = None
     signals: Callable[[Any], tuple[str, ...]] = lambda method: ()
-    signal_providers: Mapping[str, Callable] = field(default_factory=dict)  # signal name → provider(model, method)
+    signal_providers: Mapping[str, Ref] = field(default_factory=dict)  # signal name → provider(model, method)
     # Augment: fn(cfg, task, examples, device) -> (examples, record) before tokenisation (the pipeline).
-    augment: Optional[Callable] = None
+    augment: Optional[Ref] = None
     # The raw score it ranks tokens by, a key of xtf.masking.NOISE_SIDE (whose value says which side is noise), for
     # the AUROC column of the detection report; None when it has no single one.
     detection_score: Optional[str] | Callable[[Any], Optional[str]] = None
@@ -89,6 +100,23 @@ def get(name: str) -> Method:
     if name not in METHODS:
         raise ConfigError(f"method.name={name!r} is unknown; choose one of {sorted(METHODS)}")
     return METHODS[name]
+
+
+def resolve(ref: Ref) -> Callable:
+    """The callable `ref` names: imported from its "module:attribute" path (that module may load torch), or `ref`
+    itself. Called where the code runs (xtf.online, xtf.pipeline), never while a config is validated."""
+    if callable(ref):
+        return ref
+    module, _, attribute = ref.partition(":")
+    if not module or not attribute:
+        raise ValueError(f"{ref!r}: a method names a callable by its 'module:attribute' path")
+    return getattr(importlib.import_module(module), attribute)
+
+
+def references(method: Method) -> list[str]:
+    """The "module:attribute" paths `method` names (its select, signal providers and augment given as paths)."""
+    refs = [method.select, method.augment, *method.signal_providers.values()]
+    return [r for r in refs if isinstance(r, str)]
 
 
 def _value(field, method):

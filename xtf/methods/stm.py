@@ -1,16 +1,26 @@
 """STM (offline): mask the answer tokens whose base-model perplexity exp(nll) is above `method.stm.threshold`
 (direction mask_higher; mask_lower masks the complement, exp(nll) <= threshold). Its keys: method.stm.*
-(xtf.config.STMConfig).
+(STMConfig below).
 
     python run.py method=stm method.stm.threshold=2.5
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Literal
+
 import numpy as np
 
 from xtf.methods.registry import Method
 from xtf.methods.tokens import answer, protected, structural
+
+
+@dataclass(frozen=True)
+class STMConfig:
+    """STM (offline): per-token perplexity exp(NLL) under the base model."""
+    threshold: float = 2.5
+    direction: Literal["mask_higher", "mask_lower"] = "mask_higher"  # mask_higher: no loss where exp(nll) > threshold
 
 
 def mask(rows, scores, method, seed, special=frozenset()):

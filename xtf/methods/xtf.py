@@ -1,6 +1,7 @@
 """XTF (the paper) and xtf_official (the released code's rules): an answer token is noise if any enabled attribute
 flags it — reasoning importance (RI), knowledge novelty (KN), task relevance (TR); noise keeps its place and gets no
-loss. The attributes' numeric rules are in xtf.rules; their scores come from xtf.scoring.
+loss. The attributes' numeric rules are in xtf.rules; their scores come from xtf.scoring; their keys (method.ri.*,
+method.kn.*, method.tr.*) are RIConfig, KNConfig and TRConfig below.
 
     python run.py method=xtf                                  # all three attributes (method.attributes)
     python run.py method=xtf method.attributes=[ri,kn]        # any subset (the paper's Table 2 ablation)
@@ -10,6 +11,8 @@ loss. The attributes' numeric rules are in xtf.rules; their scores come from xtf
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
@@ -18,6 +21,38 @@ from xtf.methods.registry import Method
 from xtf.methods.tokens import answer, protected, scatter, structural
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RIConfig:
+    """Reasoning importance: attention a token receives from later tokens (DESIGN.md §5)."""
+    definition: Literal["received", "official"] = "received"  # official: the released code's first-layer row mean
+    layers: tuple[int, ...] = ()       # layer indices averaged (negative counts from the end); () = every layer
+    k: float = 1.5                     # Tukey fence: noisy if RI < Q1 - k·IQR over the sample's answer tokens
+    scale: Literal["raw", "log"] = "raw"  # the scale the fence is computed on (xtf.rules.ri_scaled): on raw RI
+                                       # the fence falls below 0 and never fires; log makes it reachable
+    query_chunk: int = 64              # queries per chunk when reducing attention (bounds peak memory; 64 fits
+                                       # CPU caches: measured faster than 256 or 1024 in make bench-scoring)
+
+
+@dataclass(frozen=True)
+class KNConfig:
+    """Knowledge novelty: PCP = P(gold token | prefix) under the base model."""
+    threshold: float = 0.95            # noisy if PCP > threshold (the model already knows the token)
+
+
+@dataclass(frozen=True)
+class TRConfig:
+    """Task relevance: cosine(context-free hidden state of the token, domain vector of the expert words)."""
+    classes: int = 5                   # Multi-Otsu classes over the answer-token scores
+    drop: Literal["second_lowest", "lowest", "two_lowest"] = "second_lowest"  # which cluster(s) are noise
+    # The released code (xtf_official): "released" scorer = each token run ALONE (no special tokens), one score
+    # per decoded stripped text, the first token seen with that text wins; "released" threshold = Multi-Otsu
+    # over every token occurrence (prompt + answer) at skimage's bin centres, the class picked by the
+    # cumulative-proportion test against `weight` (xtf.rules.tr_released_threshold).
+    scorer: Literal["bos", "released"] = "bos"   # bos: [bos, token] per unique token id
+    threshold: Literal["otsu", "released"] = "otsu"
+    weight: float = 1.0                # the released TR score weight (only for threshold=released)
 
 
 def xtf_noisy(rows, scores, method, special: frozenset[int] = frozenset()) -> tuple[dict[str, list], dict]:
