@@ -119,7 +119,7 @@ def generate_in_rounds(model, input_ids: torch.Tensor, attention_mask: torch.Ten
         new = seq[:, ids.shape[1]:]                                    # [rows left, <= step]
         out[active, prompt + made: prompt + made + new.shape[1]] = new
         made += new.shape[1]
-        ended = torch.isin(new, eos).any(1) if eos.numel() else torch.zeros(len(active), dtype=torch.bool)
+        ended = torch.isin(new, eos).any(1) if eos.numel() else new.new_zeros(len(active), dtype=torch.bool)
         if criteria is not None:
             ended |= criteria.done.to(ended.device)
         if ended.all() or new.shape[1] < step:  # generate ends early only when every row has ended
