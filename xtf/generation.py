@@ -72,10 +72,17 @@ class _GrowingLayer(DynamicLayer):
             self._k, self._v = self._k[indices], self._v[indices]
             self.keys, self.values = self._k[..., :self._n, :], self._v[..., :self._n, :]
 
-    def crop(self, tokens_to_remove: int) -> None:
-        raise NotImplementedError("xtf.generation's growing KV cache is used by generate_in_rounds only")
+    def crop(self, tokens_to_remove: int) -> None:  # as DynamicLayer.crop: a negative count of tokens to drop
+        if tokens_to_remove > 0:
+            raise ValueError(f"crop({tokens_to_remove}): pass the negative number of tokens to remove")
+        if self.is_initialized and tokens_to_remove:
+            self._n = max(self._n + tokens_to_remove, 0)
+            self.keys, self.values = self._k[..., :self._n, :], self._v[..., :self._n, :]
 
-    batch_repeat_interleave = crop
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        if self.is_initialized and self._n:
+            self._k, self._v = self._k.repeat_interleave(repeats, 0), self._v.repeat_interleave(repeats, 0)
+            self.keys, self.values = self._k[..., :self._n, :], self._v[..., :self._n, :]
 
 
 class _GrowingCache(DynamicCache):
@@ -162,7 +169,7 @@ def generate_many(model, tokenizer, prompts: list[str], chat_template: bool, bat
         # Left padding: every prompt ends at the same position, so generation continues each one directly.
         ids = torch.tensor([[pad] * (length - len(encoded[i])) + encoded[i] for i in idx], device=device)
         attn = torch.tensor([[0] * (length - len(encoded[i])) + [1] * len(encoded[i]) for i in idx], device=device)
-        if not do_sample and num_beams == 1:  # greedy: ended rows leave the batch between rounds
+        if not do_sample and num_beams == 1 and n == 1:  # greedy: ended rows leave the batch between rounds
             stopping = (lambda rows, at=length: StopOnStrings(tokenizer, stop, at, rows)) if stop else None
             out = generate_in_rounds(model, ids, attn, max_new_tokens, pad, tokenizer.eos_token_id, stopping)
         else:

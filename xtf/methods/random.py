@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from xtf import rules
 from xtf.errors import ConfigError
-from xtf.methods import registry
-from xtf.methods.registry import Method
+from xtf.methods.registry import METHODS as REGISTERED
+from xtf.methods.registry import Method, get, method_keys, names, scores_needed, with_name
 from xtf.methods.tokens import answer, protected
 
 
@@ -21,7 +21,7 @@ def mask(rows, scores, method, seed, special=frozenset()):
     maskable = [answer(r) & ~protected(r, method) for r in rows]
     n_maskable = [int(m.sum()) for m in maskable]
     if method.match is not None:
-        matched, _, _ = registry.get(method.match).mask(rows, scores, method, seed, special)
+        matched, _, _ = get(method.match).mask(rows, scores, method, seed, special)
         wanted = [a - int(k.sum()) for a, k in zip(n_answer, matched)]
         n_mask = [min(w, n) for w, n in zip(wanted, n_maskable)]  # match=df drops protected tokens with a sample
         drawn = rules.random_matched(n_mask, n_maskable, seed)
@@ -39,19 +39,19 @@ def mask(rows, scores, method, seed, special=frozenset()):
 
 def needs(method) -> tuple[str, ...]:
     """The scores of the matched method (none for a ratio)."""
-    return () if method.match is None else registry.scores_needed(registry.with_name(method, method.match))
+    return () if method.match is None else scores_needed(with_name(method, method.match))
 
 
 def keys(method) -> frozenset[str]:
     """`match`, and `ratio` without a match, else what the matched method reads under the same settings."""
     if method.match is None:
         return frozenset({"match", "ratio"})
-    return frozenset({"match"}) | registry.method_keys(registry.with_name(method, method.match))
+    return frozenset({"match"}) | method_keys(with_name(method, method.match))
 
 
 def check(run, task_options) -> None:
-    if run.method.match is not None and run.method.match not in registry.METHODS:
-        raise ConfigError(f"method.match={run.method.match!r} is unknown; choose one of {registry.names()}")
+    if run.method.match is not None and run.method.match not in REGISTERED:
+        raise ConfigError(f"method.match={run.method.match!r} is unknown; choose one of {names()}")
 
 
 METHOD = Method(name="random", kind="offline", summary="mask as many tokens as `match` does, at random positions",

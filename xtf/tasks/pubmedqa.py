@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from typing import Optional
 
 from xtf.config import DataConfig, PathsConfig
-from xtf.tasks import medqa
 from xtf.tasks.common import (
     DataError,
     RowChecker,
@@ -38,12 +37,13 @@ from xtf.tasks.common import (
     sha256_examples,
     sha256_file,
 )
+from xtf.tasks.medqa import EXPERT_WORDS as MEDQA_EXPERT_WORDS
 
 HUB_ID = "qiaojin/PubMedQA"
 HUB_CONFIG = "pqa_labeled"
 DECISIONS = ("yes", "no", "maybe")
 EXTRACT_VERSION = 1
-EXPERT_WORDS: tuple[str, ...] = medqa.EXPERT_WORDS  # the paper's medicine words, shared by both medical tasks
+EXPERT_WORDS: tuple[str, ...] = MEDQA_EXPERT_WORDS  # the paper's medicine words, shared by both medical tasks
 # sha256 of ",".join(sorted(official test PMIDs)), computed from pubmedqa's test_ground_truth.json.
 OFFICIAL_TEST_SHA256 = "849f8c5496168d4bc2080ca64fc87ee1f431024600118eb171427c73a0331b6d"
 

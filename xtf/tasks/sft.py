@@ -40,8 +40,8 @@ from typing import Any, Literal, Optional
 from xtf import chat
 from xtf.config import DataConfig, PathsConfig
 from xtf.errors import ConfigError
-from xtf.tasks import sft_files
 from xtf.tasks.common import BAD_LINE, DataError, RowChecker, TaskData
+from xtf.tasks.sft_files import describe_problem, read_rows
 
 EXTRACT_VERSION = 1          # no answer extraction: evaluation is the answer NLL
 EXTRACTORS: dict = {}
@@ -110,7 +110,7 @@ def check_data(data: DataConfig) -> None:
                           "save_to_disk folder, or hub:<dataset id>> (README: Your own data)")
     for key in ("train_file", "eval_file"):
         source = getattr(data, key)
-        problem = source and sft_files.describe_problem(source)
+        problem = source and describe_problem(source)
         if problem:
             raise ConfigError(f"data.{key}={source} {problem}")
 
@@ -204,7 +204,7 @@ def example(messages: list[dict], row: dict, ex_id: str) -> dict:
 
 
 def _read(source: str, split: str, opts: Options, paths: PathsConfig, checker: RowChecker, td: TaskData) -> list:
-    rows, label, checksum = sft_files.read_rows(source, opts.train_split if split == "train" else opts.eval_split,
+    rows, label, checksum = read_rows(source, opts.train_split if split == "train" else opts.eval_split,
                                                 opts.hub_config, paths.hub_mirror, checker)
     td.checksums[f"{split}:{label}"] = checksum
     td.source = td.source or label
