@@ -60,8 +60,9 @@ lint: install
 bench-scoring: install
 	$(PY) experiments/bench_scoring.py $(ARGS)
 
-# The quickstart's two runs on a quiet CPU, then beside 2 spinning processes: wall time per stage, peak RSS and
-# torch threads per run; table in results/tables/bench_run.md. ARGS: run overrides (data.limit=8 data.eval_limit=4).
+# The quickstart's two runs on a quiet CPU (3 times: the spread the table states), then beside 2 spinning processes:
+# wall time per stage, peak RSS and torch threads per run; table in results/tables/bench_run.md. ARGS: run overrides
+# (data.limit=8 data.eval_limit=4). `$(PY) experiments/bench_run.py --fresh-clone` adds a fresh clone's `make run`.
 bench-run: install
 	$(PY) experiments/bench_run.py $(ARGS)
 

@@ -1,19 +1,24 @@
 """The quickstart (`make run`'s two runs) on a quiet CPU and on a busy one: wall time per stage and peak RSS.
 
     make bench-run [ARGS="data.limit=8 data.eval_limit=4"]       # run overrides: a reduced size, e.g. to check it
-    .venv/bin/python experiments/bench_run.py [--busy 2] [--no-write] [OVERRIDE ...]
+    .venv/bin/python experiments/bench_run.py [--busy 2] [--repeats 3] [--no-write] [OVERRIDE ...]
+    .venv/bin/python experiments/bench_run.py --fresh-clone      # `make install` + `make run` in a fresh clone
 
-Per condition — "quiet", then "busy" (--busy processes spinning `while True: pass`, started and ended by this
-script) — it runs `run.py preset=quickstart method=normal`, then `method=xtf`, each as its own process with its own
-results, outputs and cache folders under a temporary work folder (so the busy condition scores again instead of
-reading the quiet one's scores); the GGUF model is converted once, before both, into a shared folder that every
-condition's cache links to. The environment is passed through unchanged (OMP_NUM_THREADS, if set, decides the
-threads: xtf.threads). Measured per run:
+Per condition — "quiet" (--repeats times: the spread the table states), then "busy" (--busy processes spinning
+`while True: pass`, started and ended by this script) — it runs `run.py preset=quickstart method=normal`, then
+`method=xtf`, each as its own process with its own results, outputs and cache folders under a temporary work folder
+(so each repeat and the busy condition score again instead of reading earlier scores); the GGUF model is converted
+once, before both, into a shared folder that every condition's cache links to. The environment is passed through
+unchanged (OMP_NUM_THREADS, if set, decides the threads: xtf.threads). Measured per run:
   wall s     the process's wall time (imports, config, the run's stages, its summary);
   stages     the record's `timings` (seconds per stage: load_model, score, finetune, evaluate, ...);
   peak MiB   the process's peak RSS (os.wait4's ru_maxrss: the run alone, not this script);
   threads    the record's `threads` entry: torch's CPU threads and why (xtf.threads).
-Goals (issue #28): both runs <= 5 min quiet, <= 2.5x that busy, peak RSS <= 3 GiB for every run.
+Goals (issue #28): both runs <= 5 min quiet (the median of the repeats), <= 2.5x that busy, peak RSS <= 3 GiB for
+every run. The quiet repeats' range is the table's stated spread.
+--fresh-clone: `git clone` of this checkout's HEAD into a temporary folder (with ../shared linked beside it, as CI
+has it), then `make install` and `make run` there, each timed; `make run`'s time less the one-time GGUF conversion
+(its records' resolve_model stage) is set against the quiet spread, and the result is added to the table.
 Table: results/tables/bench_run.{md,json}.
 """
 
@@ -23,6 +28,7 @@ import argparse
 import datetime
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -75,25 +81,67 @@ def one_run(method: str, folder: Path, shared_models: Path, overrides: list[str]
             "threads": record.get("threads"), "malloc": record.get("malloc")}
 
 
-def condition(name: str, busy: int, work: Path, shared_models: Path, overrides: list[str]) -> list[dict]:
-    """Both runs, with `busy` spinning processes alongside (ended here, each by its own handle)."""
+def condition(name: str, busy: int, work: Path, shared_models: Path, overrides: list[str],
+              repeat: int = 1) -> list[dict]:
+    """Both runs, with `busy` spinning processes alongside (ended here, each by its own handle); each repeat in its
+    own folders (its own cache: XTF scores again)."""
     spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(busy)]
     try:
         time.sleep(1.0 if busy else 0)  # let them be scheduled: the runs' thread choice sees them
         load_before = os.getloadavg()[0]
-        out = [{**one_run(m, work / name, shared_models, overrides), "condition": name, "busy": busy,
-                "load_before": load_before, "load_after": os.getloadavg()[0]} for m in METHODS]
+        out = [{**one_run(m, work / f"{name}-{repeat}", shared_models, overrides), "condition": name,
+                "repeat": repeat, "busy": busy, "load_before": load_before, "load_after": os.getloadavg()[0]}
+               for m in METHODS]
     finally:
         for p in spinners:
             p.kill()
             p.wait()
     for r in out:
-        print(f"[bench-run] {name} {r['method']}: wall {r['wall_s']:.1f} s, peak RSS {r['peak_mib']:.0f} MiB, "
-              f"threads {(r['threads'] or {}).get('torch')}, stages {r['timings']}", flush=True)
+        print(f"[bench-run] {name} #{repeat} {r['method']}: wall {r['wall_s']:.1f} s, "
+              f"peak RSS {r['peak_mib']:.0f} MiB, threads {(r['threads'] or {}).get('torch')}, "
+              f"stages {r['timings']}", flush=True)
     return out
 
 
 COLUMNS = ("condition", "method", "wall s", "peak MiB", "torch threads", *STAGES, "load before / after")
+
+
+def totals(res: list[dict]) -> dict[tuple[str, int], float]:
+    """Both runs' wall seconds per (condition, repeat)."""
+    out: dict[tuple[str, int], float] = {}
+    for r in res:
+        key = (r["condition"], r.get("repeat", 1))
+        out[key] = out.get(key, 0.0) + r["wall_s"]
+    return out
+
+
+def summary(res: list[dict], fresh: dict | None) -> list[str]:
+    """The goal lines under the table: quiet median and spread, busy ratio, peak RSS, the fresh clone's check."""
+    total = totals(res)
+    quiet = sorted(t for (c, _), t in total.items() if c == "quiet")
+    busy = [t for (c, _), t in total.items() if c == "busy"]
+    worst = max(r["peak_mib"] for r in res)
+    lines = [f"- {c} #{k}: both runs together {t:.0f} s ({t / 60:.1f} min)" for (c, k), t in total.items()]
+    if quiet:
+        median = statistics.median(quiet)
+        lines.append(f"- quiet, both runs: median {median:.0f} s ({median / 60:.1f} min) of {len(quiet)} repeat(s); "
+                     f"stated spread {quiet[0]:.0f}–{quiet[-1]:.0f} s (the repeats' range)")
+        lines.append(f"- both runs <= {GOAL_QUIET_S} s on the quiet CPU (median): "
+                     f"{'met' if median <= GOAL_QUIET_S else 'NOT met'}")
+        if busy:
+            ratio = statistics.median(busy) / median
+            lines.append(f"- busy / quiet median <= {GOAL_RATIO}: "
+                         f"{'met' if ratio <= GOAL_RATIO else 'NOT met'} ({ratio:.2f}x)")
+    lines.append(f"- peak RSS <= {GOAL_MIB} MiB in every run: {'met' if worst <= GOAL_MIB else 'NOT met'} "
+                 f"(largest {worst:.0f} MiB)")
+    if fresh:
+        inside = quiet and quiet[0] <= fresh["runs_s"] <= quiet[-1]
+        lines.append(f"- fresh clone ({fresh['date']}, git {fresh['git'][:12]}, "
+                     f"load before {fresh['load_before']:.2f}): `make install` {fresh['install_s']:.0f} s, "
+                     f"`make run` {fresh['make_run_s']:.0f} s, of which "
+                     f"the one-time GGUF conversion {fresh['convert_s']:.0f} s; without it {fresh['runs_s']:.0f} s: "
+                     f"{'within' if inside else 'OUTSIDE'} the stated quiet spread")
+    return lines
 
 
 def write(res: list[dict], info: dict, no_write: bool) -> list[str]:
@@ -105,25 +153,14 @@ def write(res: list[dict], info: dict, no_write: bool) -> list[str]:
              f"overrides: {' '.join(info['overrides']) or '(none)'}", "",
              "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for r in res:
-        cells = [r["condition"], r["method"], f"{r['wall_s']:.1f}", f"{r['peak_mib']:.0f}",
+        cells = [f"{r['condition']} #{r.get('repeat', 1)}", r["method"], f"{r['wall_s']:.1f}", f"{r['peak_mib']:.0f}",
                  (r["threads"] or {}).get("torch", "?"),
                  *(f"{r['timings'][s]:.1f}" if s in r["timings"] else "–" for s in STAGES),
                  f"{r['load_before']:.2f} / {r['load_after']:.2f}"]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
-    worst = max(r["peak_mib"] for r in res)
-    conditions = dict.fromkeys(r["condition"] for r in res)
-    total = {c: sum(r["wall_s"] for r in res if r["condition"] == c) for c in conditions}
     lines += ["", "Stages: seconds from each record's `timings`; wall s: the whole process; peak MiB: its peak RSS "
               "(ru_maxrss); torch threads: the record's `threads` (reasons in bench_run.json).", ""]
-    lines += [f"- {c}: both runs together {t:.0f} s ({t / 60:.1f} min)" for c, t in total.items()]
-    if "quiet" in total:
-        lines.append(f"- both runs <= {GOAL_QUIET_S} s on the quiet CPU: "
-                     f"{'met' if total['quiet'] <= GOAL_QUIET_S else 'NOT met'}")
-    if {"quiet", "busy"} <= set(total):
-        ratio = total["busy"] / total["quiet"]
-        lines.append(f"- busy / quiet <= {GOAL_RATIO}: {'met' if ratio <= GOAL_RATIO else 'NOT met'} ({ratio:.2f}x)")
-    lines.append(f"- peak RSS <= {GOAL_MIB} MiB in every run: {'met' if worst <= GOAL_MIB else 'NOT met'} "
-                 f"(largest {worst:.0f} MiB)")
+    lines += summary(res, info.get("fresh_clone"))
     if not no_write:
         TABLES.mkdir(parents=True, exist_ok=True)
         atomic_write_text(TABLES / "bench_run.md", "\n".join(lines) + "\n")
@@ -131,15 +168,53 @@ def write(res: list[dict], info: dict, no_write: bool) -> list[str]:
     return lines
 
 
+def fresh_clone(no_write: bool) -> None:
+    """`make install` and `make run` in a fresh clone of HEAD (module doc); the result goes into the table."""
+    from xtf.results import git_state
+
+    table = TABLES / "bench_run.json"
+    if not table.is_file():
+        sys.exit(f"bench-run --fresh-clone: {table} is missing; run `make bench-run` first (it states the spread)")
+    saved = json.loads(table.read_text())
+    with tempfile.TemporaryDirectory(prefix="xtf-fresh-clone-") as tmp:
+        clone = Path(tmp) / "xtf"
+        subprocess.run(["git", "clone", "--quiet", str(ROOT), str(clone)], check=True)
+        shared = ROOT.parent / "shared"
+        if shared.is_dir():
+            (Path(tmp) / "shared").symlink_to(shared, target_is_directory=True)
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("XTF_", "VIRTUAL_ENV", "MAKE"))}
+        load_before = os.getloadavg()[0]
+        seconds = {}
+        for target in ("install", "run"):
+            start = time.perf_counter()
+            with open(Path(tmp) / f"make-{target}.log", "w") as log:
+                done = subprocess.run(["make", target], cwd=clone, env=env, stdout=log, stderr=subprocess.STDOUT)
+            seconds[target] = time.perf_counter() - start
+            if done.returncode:
+                sys.exit(f"bench-run --fresh-clone: `make {target}` failed (exit {done.returncode}); its output: "
+                         f"{Path(tmp) / f'make-{target}.log'} (kept until this process ends)")
+        convert = sum(json.loads(p.read_text()).get("timings", {}).get("resolve_model", 0.0)
+                      for p in (clone / "results" / "quickstart").rglob("results.json"))
+        fresh = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "git": git_state(clone).get("sha"),
+                 "load_before": load_before, "install_s": seconds["install"], "make_run_s": seconds["run"],
+                 "convert_s": convert, "runs_s": seconds["run"] - convert}
+    info = {k: v for k, v in saved.items() if k != "results"}
+    print("\n".join(write(saved["results"], {**info, "fresh_clone": fresh}, no_write)))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("overrides", nargs="*", help="run overrides for every run, e.g. data.limit=8 data.eval_limit=4")
     p.add_argument("--busy", type=int, default=2, help="spinning processes in the busy condition")
+    p.add_argument("--repeats", type=int, default=3, help="times the quiet condition runs (its range: the spread)")
+    p.add_argument("--fresh-clone", action="store_true", help="time `make install` + `make run` in a fresh clone")
     p.add_argument("--no-write", action="store_true", help="print only; leave results/tables/ alone")
     p.add_argument("--prepare", help=argparse.SUPPRESS)  # internal: convert the model into this cache folder
     args = p.parse_args()
     if args.prepare:
         return prepare_model(Path(args.prepare), args.overrides)
+    if args.fresh_clone:
+        return fresh_clone(args.no_write)
     from xtf.results import git_state
 
     start = time.perf_counter()
@@ -147,12 +222,12 @@ def main() -> None:
         work = Path(tmp)
         shared = work / "models"
         subprocess.run([sys.executable, __file__, "--prepare", str(shared), *args.overrides], cwd=ROOT, check=True)
-        res = [r for name, busy in (("quiet", 0), ("busy", args.busy))
-               for r in condition(name, busy, work, shared, args.overrides)]
+        res = [r for k in range(1, args.repeats + 1) for r in condition("quiet", 0, work, shared, args.overrides, k)]
+        res += condition("busy", args.busy, work, shared, args.overrides) if args.busy else []
     info = {"command": "make bench-run" + (f" ARGS=\"{' '.join(args.overrides)}\"" if args.overrides else ""),
             "date": datetime.datetime.now().isoformat(timespec="seconds"), "git": git_state(ROOT),
-            "cores": len(os.sched_getaffinity(0)), "busy": args.busy, "overrides": args.overrides,
-            "wall_s": time.perf_counter() - start}
+            "cores": len(os.sched_getaffinity(0)), "busy": args.busy, "repeats": args.repeats,
+            "overrides": args.overrides, "wall_s": time.perf_counter() - start}
     print("\n".join(write(res, info, args.no_write)))
 
 
