@@ -27,7 +27,6 @@ _RERUN = "records not on this machine; rerun `make sweep EXP={exp}{flag}` and co
 KNOWN_MISSING = {
     "all_methods": _RERUN.format(exp="all_methods", flag=""),
     "code_passk_tiny": _RERUN.format(exp="code_passk", flag=" STAND_IN=1"),
-    "noise_benchmark": _RERUN.format(exp="noise_benchmark", flag=""),
     "noise_benchmark_real": _RERUN.format(exp="noise_benchmark_real", flag=""),
     "table1_smollm2": _RERUN.format(exp="table1", flag=" STAND_IN=1"),
     "table2_smollm2": _RERUN.format(exp="table2", flag=" STAND_IN=1"),
