@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +23,15 @@ os.environ.setdefault("OMP_NUM_THREADS", str(min(2, os.cpu_count() or 1)))
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def load_script(name: str):
+    """experiments/<name>.py imported as module `name` (the benchmark scripts are not a package)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "experiments" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    spec.loader.exec_module(mod)
+    return mod
 
 
 def shared_data_dir() -> Path | None:

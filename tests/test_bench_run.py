@@ -4,21 +4,9 @@ The benchmark itself runs the quickstart (minutes): `make bench-run`, not a test
 
 from __future__ import annotations
 
-import importlib.util
-import sys
+from conftest import load_script
 
-from conftest import ROOT
-
-
-def _bench():
-    spec = importlib.util.spec_from_file_location("bench_run", ROOT / "experiments" / "bench_run.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["bench_run"] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
-bench = _bench()
+bench = load_script("bench_run")
 
 
 def _run(condition: str, repeat: int, method: str, wall: float, peak: float = 2500.0) -> dict:

@@ -4,23 +4,13 @@
 from __future__ import annotations
 
 import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import IN_CI, ROOT
+from conftest import IN_CI, load_script
 
-
-def _bench():
-    spec = importlib.util.spec_from_file_location("bench_train", ROOT / "experiments" / "bench_train.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["bench_train"] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
-bench = _bench()
+bench = load_script("bench_train")
 
 
 def test_masks_and_token_counts():
