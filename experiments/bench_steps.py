@@ -1,4 +1,4 @@
-"""The two speed-ups behind the quickstart's time, side by side in one process on the quickstart model (SmolLM2-135M,
+"""The three speed-ups behind the quickstart's time, side by side in one process on the quickstart model (SmolLM2-135M,
 packaged, converted once into .cache/xtf) and its real GSM8K rows:
 
   training   one optimiser step's forward + backward over 8 rows (LoRA on every linear layer, xtf's chunked loss):
@@ -7,6 +7,9 @@ packaged, converted once into .cache/xtf) and its real GSM8K rows:
   generation 16 test prompts, greedy, 96 new tokens each (no stop): one `generate` call with DynamicCache, and
              xtf.generation.generate_in_rounds (its growing KV cache; no row ends early here, so this isolates the
              cache: the rounds' gain from ended rows depends on the model's answers).
+  scoring    XTF's forward pass (NLL, KN and RI on every layer, xtf.scoring.forward_scores) over 32 training rows:
+             batches of eval.batch_size=16 rows, and eval.forward_batch_tokens=512 (batches of <= 512 padded
+             positions); prints the largest difference between the two's scores.
 
     .venv/bin/python experiments/bench_steps.py [--threads 2] [--reps 2]
 
@@ -106,6 +109,32 @@ def generation(used, tok, model, reps: int) -> dict[str, list[float]]:
     return times
 
 
+def scoring(cfg, used, tok, model, reps: int) -> dict[str, list[float]]:
+    import numpy as np
+    import torch
+
+    from xtf import data
+    from xtf.scoring import forward_scores
+
+    model.eval()
+    rows, _ = data.tokenize(tok, used.train[:32], cfg.data.max_len, cfg.data.truncation, cfg.model.chat_template)
+    ri, out = cfg.method.ri, {}
+
+    def run(name: str, batch_tokens: int) -> None:
+        out[name] = forward_scores(model, rows, tok.pad_token_id, 16, ri.definition, tuple(ri.layers), ri.query_chunk,
+                                   batch_tokens=batch_tokens)
+
+    times = _timed({"16 rows a batch": lambda: run("rows", 0),
+                    "forward_batch_tokens=512": lambda: run("tokens", 512)}, reps, torch)
+    # RI is NaN where no later query exists (each row's last token): the same places in both, compared elsewhere.
+    pairs = {k: list(zip(out["rows"][k], out["tokens"][k])) for k in out["rows"]}
+    diff = {k: max(float(np.nanmax(np.abs(a - b))) for a, b in p) for k, p in pairs.items()}
+    same_nan = all(np.array_equal(np.isnan(a), np.isnan(b)) for p in pairs.values() for a, b in p)
+    print("  largest difference: " + ", ".join(f"{k} {v:.1e}" for k, v in diff.items())
+          + f"; NaN in the same places: {same_nan}")
+    return times
+
+
 def _timed(runs: dict, reps: int, torch) -> dict[str, list[float]]:
     times: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(reps):  # interleaved: a load change hits every variant alike
@@ -128,6 +157,8 @@ def main() -> None:
     cfg, used, tok, rows, model = _setup(a.threads)
     print("generation (16 prompts, 96 new tokens):")
     generation(used, tok, model, a.reps)
+    print("scoring (XTF's forward pass over 32 rows):")
+    scoring(cfg, used, tok, model, a.reps)
     print(f"training (one step of {len(rows)} rows):")
     training(cfg, tok, rows, model, a.reps)
     print(f"load average after: {os.getloadavg()}")

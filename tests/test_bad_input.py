@@ -88,6 +88,8 @@ FAILS = [
     pytest.param(["data.on_bad_row=skip"], lambda t, _: gsm8k_dir(t, "{bad\n"), DataError,
                  ["training split", "empty", "1 malformed rows skipped"], id="all-rows-skipped"),
     pytest.param(["data.max_len=8"], None, ConfigError, ["data.max_len=8", "prompt alone fills"], id="max_len-8"),
+    pytest.param(["eval.benchmark=false", "eval.answer_nll=false"], None, ConfigError,
+                 ["eval.benchmark=false", "eval.answer_nll=false", "eval.enabled=false"], id="benchmark-off-no-nll"),
 ]
 
 
@@ -186,3 +188,14 @@ def result_files_are_readable_by_others(tmp_path, cfg_of, caplog):
 def test_tolerated_or_recovered(check, tmp_path, run_overrides, caplog):
     caplog.set_level(logging.WARNING)
     check(tmp_path, lambda extra: validate(compose([*run_overrides, *TINY, *extra])), caplog)
+
+
+def test_benchmark_off_needs_every_test_row_to_carry_its_reference_answer(run_overrides):
+    from xtf.evaluate import check_examples
+
+    cfg = validate(compose([*run_overrides, *TINY, "eval.benchmark=false"]))
+    check_examples(cfg, [{"id": "a", "response": "It is 5."}])  # fine
+    with pytest.raises(DataError) as e:
+        check_examples(cfg, [{"id": "a", "response": "It is 5."}, {"id": "q7", "response": ""}])
+    assert all(w in str(e.value) for w in ("eval.benchmark=false", "1 of 2", "q7", "eval.benchmark=true"))
+    check_examples(validate(compose([*run_overrides, *TINY])), [{"id": "q7"}])  # the benchmark itself: no NLL needed

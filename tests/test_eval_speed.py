@@ -196,6 +196,19 @@ def test_batch_tokens_and_backend_keep_run_ids():
         validate(compose(["eval.batch_tokens=-1"]))
 
 
+def test_forward_batch_tokens_is_never_in_a_run_id_and_benchmark_off_is():
+    from xtf.results import run_id_fields
+
+    synth = validate(compose())
+    for task in ([], ["task=code"]):
+        assert run_id(validate(compose([*task, "eval.forward_batch_tokens=512"]))) == \
+            run_id(validate(compose(task)))
+    assert {"forward_batch_tokens", "benchmark"}.isdisjoint(run_id_fields(synth)["eval"])
+    assert run_id(validate(compose(["eval.benchmark=false"]))) != run_id(synth)
+    with pytest.raises(ConfigError, match="eval.forward_batch_tokens"):
+        validate(compose(["eval.forward_batch_tokens=-1"]))
+
+
 @pytest.mark.gpu
 def test_vllm_backend_runs_gsm8k(tmp_path, sharp_model):
     """On a CUDA machine with vllm installed: lm-eval's vLLM model gives the HF backend's greedy generations."""

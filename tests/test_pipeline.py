@@ -165,6 +165,19 @@ def test_eval_split_dev_evaluates_the_carved_dev_set(run_overrides):
     assert record["eval_protocol"]["split"] == "dev" and record["data"]["n_train"] == 54
 
 
+def test_eval_benchmark_false_measures_the_reference_answers_nll_alone(run_overrides):
+    """eval.benchmark=false (the quickstart's choice): no generation, the reference answers' NLL per question (what
+    xtf.summary pairs), a protocol that says what was not run, and a run id of its own."""
+    record = small_run(run_overrides, "eval.benchmark=false")
+    m, protocol = record["metrics"], record["eval_protocol"]
+    assert "accuracy" not in m and m["answer_nll"] > 0 and m["answer_nll_tokens"] > 0
+    assert protocol["name"] == "answer_nll" and "eval.benchmark=false" in protocol["benchmark"]
+    rows = [json.loads(line) for line in (run_dir(validate(compose([*run_overrides, *SMALL, "eval.benchmark=false"])))
+                                          / "predictions.jsonl").read_text().splitlines()]
+    assert len(rows) == 16 and all(r["answer_nll"] > 0 and "generation" not in r for r in rows)
+    assert record["run_id"] != run_dir(validate(compose([*run_overrides, *SMALL]))).name
+
+
 def test_wandb_offline_mirror_is_written_and_finished(run_overrides, tmp_path):
     overrides = [o for o in run_overrides if not o.startswith("wandb.")] + ["wandb.mode=offline", "method=none"]
     small_run(overrides)

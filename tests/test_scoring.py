@@ -10,7 +10,7 @@ from conftest import reference_ri
 
 from xtf.config import ModelConfig
 from xtf.models import load_model, load_tokenizer
-from xtf.scoring import cached_scores, forward_scores, tr_scores
+from xtf.scoring import _batches, cached_scores, forward_scores, tr_scores
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +51,20 @@ def test_ri_received_matches_the_formula_with_padding_and_chunks(tiny):
         assert ri.shape == (len(row["input_ids"]),)
         np.testing.assert_allclose(ri[:-1], expected[:-1], rtol=1e-4)
         assert np.isnan(ri[-1])                      # no later query for the last token
+
+
+def test_batches_by_token_budget_give_the_same_scores(tiny):
+    """eval.forward_batch_tokens: batches of <= N padded positions instead of batch_size rows; every score is the
+    same to float rounding, and the last token's RI is NaN in both."""
+    model, tok = tiny
+    rows = _rows(tok, ["Ann has 12 apples. She buys 7 more and gives 3 away.", "3 + 4 = 7.", "The answer is 9.",
+                       "I hope this helps!"])
+    by_rows = forward_scores(model, rows, tok.pad_token_id, 4, "received", query_chunk=4)
+    by_tokens = forward_scores(model, rows, tok.pad_token_id, 4, "received", query_chunk=4, batch_tokens=16)
+    assert _batches(rows, 4, 16) != _batches(rows, 4) and max(map(len, _batches(rows, 4, 16))) < 4
+    for name in ("nll", "kn", "ri"):
+        for a, b in zip(by_rows[name], by_tokens[name]):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, equal_nan=True)
 
 
 def test_official_ri_is_one_over_length_within_a_sample_and_default_is_not(pretrained):

@@ -112,6 +112,26 @@ def test_paired_accuracy_says_why_not_at_the_floor_and_pairing_refuses_other_que
     assert "  accuracy: not paired: cannot pair xtf with normal" in text
 
 
+def test_runs_without_the_benchmark_pair_the_nll_and_say_accuracy_was_not_measured(tmp_path):
+    """eval.benchmark=false (the quickstart): the table and the paired lines say accuracy was not measured, not
+    that it is missing from old predictions."""
+    for method, nll in (("normal", NLL), ("xtf", [v - 0.05 for v in NLL])):
+        record = _fake_run(tmp_path, method, 0, nll, [0] * 40)
+        folder = tmp_path / record["run_id"]
+        rows = [{k: v for k, v in json.loads(line).items() if not k.startswith("correct_")}
+                for line in (folder / "predictions.jsonl").read_text().splitlines()]
+        (folder / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        record["metrics"].pop("accuracy")
+        record["config"] = {"eval": {"benchmark": False}}
+        record["eval_protocol"] = {"name": "answer_nll"}
+        (folder / "results.json").write_text(json.dumps(record))
+    lines = compare_lines(tmp_path, baseline="normal")
+    rows = [line for line in lines if line.startswith("m ")]
+    assert len(rows) == 2 and all("  not measured  " in line and "n/a" not in line for line in rows)
+    assert "  answer NLL: -0.0500 nats/token, 95% CI [-0.0500, -0.0500]; the 95% CI excludes 0" in "\n".join(lines)
+    assert lines[-1] == "  accuracy: not measured (eval.benchmark=false: the reference answers' NLL alone)"
+
+
 def test_paired_lines_over_seeds_and_without_per_question_values(tmp_path):
     for seed in (0, 1):
         _fake_run(tmp_path, "normal", seed, NLL, [1, 0] * 20)

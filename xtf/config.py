@@ -116,6 +116,7 @@ _RANGES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "dist.timeout_min": (lambda v: v >= 1, ">= 1"),
     "eval.max_new_tokens": (lambda v: v >= 1, ">= 1"),
     "eval.batch_tokens": (lambda v: v >= 0, ">= 0 (0: batches of eval.batch_size prompts)"),
+    "eval.forward_batch_tokens": (lambda v: v >= 0, ">= 0 (0: batches of eval.batch_size rows)"),
     "eval.n_samples": (lambda v: v >= 1, ">= 1"),
     "eval.temperature": (lambda v: v >= 0, ">= 0"),
     "eval.top_p": (lambda v: 0 < v <= 1, "in (0, 1]"),

@@ -14,6 +14,7 @@ import json
 
 from xtf.cache import cached_dir
 from xtf.data import tokenize
+from xtf.errors import DataError
 from xtf.generation import generate, normalise  # normalise: also xtf.evaluate.normalise (eval/*.yaml, eval/README)
 from xtf.humaneval import evaluate_code
 from xtf.lmeval import LMEVAL_VERSION, evaluate_lm_eval
@@ -101,8 +102,11 @@ def reuse_spec(model, task_module, examples: list[dict], cfg) -> dict | None:
         return None
     param = next(model.parameters())
     rows = hashlib.sha256(json.dumps(examples, sort_keys=True, default=str).encode()).hexdigest()
+    # Keys that change no value (forward_batch_tokens) or added at a default that keeps earlier entries: left out.
+    ev = {k: v for k, v in dataclasses.asdict(cfg.eval).items()
+          if k != "forward_batch_tokens" and not (k == "benchmark" and v)}
     spec = {"eval_version": EVAL_VERSION, "protocol": kind, "model": dataclasses.asdict(cfg.model),
-            "weights": content_identity(cfg).get("weights"), "eval": dataclasses.asdict(cfg.eval),
+            "weights": content_identity(cfg).get("weights"), "eval": ev,
             "task": cfg.task.name, "extract_version": getattr(task_module, "EXTRACT_VERSION", None),
             "rows_sha256": rows, "device": param.device.type, "dtype": str(param.dtype)}
     if kind == "lm_eval":
@@ -121,7 +125,11 @@ def _with_prompts(examples: list[dict], predictions: list[dict]) -> list[dict]:
 
 def _evaluate(model, tokenizer, task_module, examples: list[dict], cfg, work_dir) -> tuple[dict, list[dict], dict]:
     kind = getattr(task_module, "EVALUATION", "exact_match")
-    if kind == "lm_eval":
+    if not cfg.eval.benchmark:  # the reference answers' NLL alone (eval.benchmark=false, checked by check_examples)
+        metrics, predictions, protocol = {}, [], {"name": "answer_nll", "version": EVAL_VERSION,
+                                                  "chat_template": cfg.model.chat_template,
+                                                  "benchmark": f"not run (eval.benchmark=false; the task's: {kind})"}
+    elif kind == "lm_eval":
         metrics, predictions, protocol = evaluate_lm_eval(model, tokenizer, task_module, examples, cfg.eval,
                                                           cfg.model.chat_template, work_dir, cfg.seed)
     elif kind == "pass_at_k":
@@ -138,9 +146,10 @@ def _evaluate(model, tokenizer, task_module, examples: list[dict], cfg, work_dir
     else:
         metrics, predictions, protocol = evaluate_exact_match(model, tokenizer, task_module, examples, cfg.eval,
                                                               cfg.model.chat_template)
-    if (cfg.eval.answer_nll or kind == "answer_nll") and all(e.get("response") for e in examples):
+    if (cfg.eval.answer_nll or kind == "answer_nll" or not cfg.eval.benchmark) \
+            and all(e.get("response") for e in examples):
         nll_metrics, per_question = answer_nll(model, tokenizer, examples, cfg.model.chat_template,
-                                               cfg.data.max_len, cfg.eval.batch_size)
+                                               cfg.data.max_len, cfg.eval.batch_size, cfg.eval.forward_batch_tokens)
         metrics.update(nll_metrics)
         predictions = with_answer_nll(predictions, per_question)  # paired differences (xtf.paired) pair these
         protocol["answer_nll"] = {"what": "mean NLL (nats per token) of the reference answers, teacher-forced, "
@@ -153,8 +162,19 @@ def _evaluate(model, tokenizer, task_module, examples: list[dict], cfg, work_dir
 ANSWER_NLL_VERSION = 1
 
 
+def check_examples(cfg, examples: list[dict]) -> None:
+    """Before any work: eval.benchmark=false measures the reference answers' NLL alone, which needs every evaluated
+    example to carry its reference answer (`response`)."""
+    if cfg.eval.enabled and not cfg.eval.benchmark:
+        missing = [str(e.get("id")) for e in examples if not e.get("response")]
+        if missing:
+            raise DataError(f"eval.benchmark=false measures the reference answers' NLL alone, but {len(missing)} of "
+                            f"{len(examples)} {cfg.eval.split} examples of task={cfg.task.name} have no reference "
+                            f"answer (first ids: {', '.join(missing[:5])}); use eval.benchmark=true")
+
+
 def answer_nll(model, tokenizer, examples: list[dict], chat_template: bool, max_len: int,
-               batch_size: int) -> tuple[dict, dict]:
+               batch_size: int, batch_tokens: int = 0) -> tuple[dict, dict]:
     """A continuous quality measure beside accuracy: the model's mean NLL of the *reference* answers of the
     evaluated examples (teacher-forced, tokenised exactly like training rows; lower is better).
 
@@ -166,7 +186,8 @@ def answer_nll(model, tokenizer, examples: list[dict], chat_template: bool, max_
     was_training = model.training
     model.eval()
     rows, _ = tokenize(tokenizer, examples, max_len, "right", chat_template)
-    nll = forward_scores(model, rows, tokenizer.pad_token_id, batch_size, None, desc="answer NLL")["nll"]
+    nll = forward_scores(model, rows, tokenizer.pad_token_id, batch_size, None, desc="answer NLL",
+                         batch_tokens=batch_tokens)["nll"]
     model.train(was_training)
     per_example, by_id, total, count = [], {}, 0.0, 0
     for row, values in zip(rows, nll):

@@ -84,7 +84,8 @@ def reference_nll(cfg, weights: str, tokenizer, rows: list[dict], out_dir: Path,
     ref_nll: list = [None] * len(rows)
     for r, (scored, ranked) in enumerate(plan):
         nll = forward_scores(ref, [rows[i] for i in scored], tokenizer.pad_token_id, cfg.eval.batch_size, None,
-                             desc=f"reference scoring {r + 1}/{len(plan)}")["nll"]
+                             desc=f"reference scoring {r + 1}/{len(plan)}",
+                             batch_tokens=cfg.eval.forward_batch_tokens)["nll"]
         for i, values in zip(scored, nll):
             ref_nll[i] = values
         if r + 1 < len(plan) or chain:  # evolve: train the chain on this part's selected tokens
@@ -129,7 +130,8 @@ def compute_scores(needed: tuple[str, ...], cfg, model, tokenizer, rows: list[di
                     lambda partial: released_forward_scores(model, rows, partial=partial)
                     if ri.definition == "official" else
                     forward_scores(model, rows, tokenizer.pad_token_id, cfg.eval.batch_size, ri.definition,
-                                   ri.layers, ri.query_chunk, partial=partial)),
+                                   ri.layers, ri.query_chunk, partial=partial,
+                                   batch_tokens=cfg.eval.forward_batch_tokens)),
         "tr": ({"tr"}, {**base, "expert_words": list(expert_words),
                         **({"v": SCORER_VERSIONS["tr_released"], "scorer": "released"}
                            if cfg.method.tr.scorer == "released" else {"v": SCORER_VERSIONS["tr"]})},

@@ -39,7 +39,7 @@ from xtf import (
     threads,
 )
 from xtf.config import RunConfig
-from xtf.evaluate import EVAL_VERSION, evaluate
+from xtf.evaluate import EVAL_VERSION, check_examples, evaluate
 from xtf.masking import MASK_VERSION
 from xtf.summary import most_masked, print_summary
 from xtf.tasks import task_options
@@ -85,12 +85,13 @@ def run(cfg: RunConfig) -> dict:
 def _run(cfg: RunConfig) -> dict:
     timer = results.Timer()
     task = tasks.TASKS[cfg.task.name]
-    if cfg.eval.enabled and getattr(task, "EVALUATION", None) == "pass_at_k":
+    if cfg.eval.enabled and cfg.eval.benchmark and getattr(task, "EVALUATION", None) == "pass_at_k":
         # Before hours of training: model-written code runs only in the sandbox (or with the loud opt-in).
         sandbox.check(cfg.eval.UNSAFE_allow_unsandboxed_code)
     with timer("load_data"):  # bad rows, an empty split, a missing data folder or an unreachable Hub fail here
         used = data.select(cfg)
         train_examples, eval_examples = used.train, used.eval
+        check_examples(cfg, eval_examples)  # eval.benchmark=false: every test row needs its reference answer
     with timer("resolve_model"), distributed.main_first():  # missing real weights fail here, within seconds
         weights = models.resolve_weights(cfg.model, cfg.paths.cache_dir)
     check_model_fit(cfg, weights)  # e.g. method.ri.layers against the model's layer count, before any scoring

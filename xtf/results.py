@@ -49,7 +49,7 @@ _CODE_EVAL_KEYS = {"n_samples", "temperature", "top_p", "pass_k", "code_protocol
                    "UNSAFE_allow_unsandboxed_code"}
 
 
-_EVAL_FIELDS = ("batch_tokens", "backend")
+_EVAL_FIELDS = ("batch_tokens", "backend", "forward_batch_tokens", "benchmark")
 PATCH_FILE = "git.patch"  # `git diff HEAD` of a dirty checkout, in the run folder
 UNTRACKED_SHOWN = 50  # untracked files named in the record (all are counted)
 _patches: dict[str, str] = {}  # diff sha256 → diff text, from git_state until write_record saves it
@@ -78,10 +78,11 @@ def run_id_fields(cfg: RunConfig) -> dict:
         ev = {k: v for k, v in ev.items() if k not in _CODE_EVAL_KEYS}
     elif "sandbox" in ev:
         ev["sandbox"] = {k: v for k, v in ev["sandbox"].items() if k != "parallel"}
-    # Keys added after runs existed (eval.batch_tokens, eval.backend): in the id only when changed. batch_tokens
-    # changes only the speed of greedy decoding (tests/test_eval_speed.py): hashed for sampled (code) tasks only.
+    # Keys added after runs existed (eval.batch_tokens, eval.backend, eval.forward_batch_tokens, eval.benchmark): in
+    # the id only when changed. batch_tokens changes only the speed of greedy decoding (tests/test_eval_speed.py):
+    # hashed for sampled (code) tasks only; forward_batch_tokens only the batching of forward passes: never hashed.
     ev = {k: v for k, v in ev.items() if k not in _EVAL_FIELDS or not (
-        _omitted_at_default(type(cfg.eval), k, getattr(cfg.eval, k))
+        _omitted_at_default(type(cfg.eval), k, getattr(cfg.eval, k)) or k == "forward_batch_tokens"
         or (k == "batch_tokens" and evaluation != "pass_at_k"))}
     if ev.get("split") == "test":  # the default, and the only split before eval.split existed
         del ev["split"]

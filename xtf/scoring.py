@@ -42,6 +42,7 @@ from tqdm.auto import tqdm
 
 from xtf import cache, distributed
 from xtf.attention import attention_modules, ri_collection
+from xtf.batching import token_budget_batches
 from xtf.identity import weights_identity
 from xtf.lm_loss import token_nll
 
@@ -56,11 +57,12 @@ SCORER_VERSIONS = {"forward": 1, "forward_official": 2, "tr": 1, "tr_released": 
 CHUNK_ROWS = 1024
 
 
-def _batches(rows: list[dict], batch_size: int) -> list[list[int]]:
+def _batches(rows: list[dict], batch_size: int, batch_tokens: int = 0) -> list[list[int]]:
     """The batch plan: row indices sorted by length (little padding per batch; the sort is stable, so the plan is
-    a function of the rows alone: a resumed pass pads every row exactly as an uninterrupted one)."""
-    order = sorted(range(len(rows)), key=lambda i: len(rows[i]["input_ids"]))
-    return [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+    a function of the rows alone: a resumed pass pads every row exactly as an uninterrupted one), cut every
+    `batch_size` rows, or with batch_tokens > 0 by a token budget: rows x the batch's longest row <= batch_tokens
+    (a longer row alone; xtf.batching.token_budget_batches)."""
+    return token_budget_batches([len(r["input_ids"]) for r in rows], batch_size, batch_tokens)
 
 
 def _in_chunks(rows: list[dict], batches: list[list[int]], score_batch, names: tuple[str, ...],
@@ -127,10 +129,11 @@ def _read_chunk(chunks: cache.Chunks, k: int, members: list[int], rows: list[dic
 @torch.no_grad()
 def forward_scores(model, rows: list[dict], pad_id: int, batch_size: int, ri_definition: str | None,
                    ri_layers: tuple[int, ...] = (), query_chunk: int = 64, desc: str = "scoring",
-                   partial: Path | None = None, chunk_rows: int | None = None) -> dict:
+                   partial: Path | None = None, chunk_rows: int | None = None, batch_tokens: int = 0) -> dict:
     """{"nll": [...], "kn": [...], "ri": [...]} per row, float32 arrays aligned to input_ids (see module doc).
     `ri_definition=None` skips RI (plain sdpa: e.g. the reference model's losses). `partial`: keep progress there
-    and resume from it (`_in_chunks`)."""
+    and resume from it (`_in_chunks`). Batches of `batch_size` rows, or with batch_tokens > 0 of at most that many
+    padded positions (`_batches`): the same values to float rounding, so no cache key holds the batching."""
     device = next(model.parameters()).device
     backbone, head = model.get_decoder(), model.get_output_embeddings()
 
@@ -157,7 +160,7 @@ def forward_scores(model, rows: list[dict], pad_id: int, batch_size: int, ri_def
         return out
 
     names = ("nll", "kn", "ri") if ri_definition else ("nll", "kn")
-    return _in_chunks(rows, _batches(rows, batch_size), score_batch, names, partial, chunk_rows, desc)
+    return _in_chunks(rows, _batches(rows, batch_size, batch_tokens), score_batch, names, partial, chunk_rows, desc)
 
 
 @torch.no_grad()

@@ -275,6 +275,11 @@ def paired_lines(folder: Path, records: list[dict], baseline: str) -> list[str]:
     return out
 
 
+def benchmarked(record: dict) -> bool:
+    """Whether the run ran its task's benchmark protocol (False under eval.benchmark=false, xtf.evaluate)."""
+    return (record.get("config", {}).get("eval") or {}).get("benchmark", True) is not False
+
+
 def _pair_lines(folder: Path, where: tuple, method: str, runs: dict, baseline: str, base_runs: dict) -> list[str]:
     """A head line (what is compared and how) and one line per measure (MEASURES)."""
     ours, base = ({s: question_values(folder / r["run_id"], r) for s, r in rs.items()} for rs in (runs, base_runs))
@@ -283,6 +288,9 @@ def _pair_lines(folder: Path, where: tuple, method: str, runs: dict, baseline: s
            f"{', '.join(map(str, seeds)) or 'none in common'})"
     lines, first = [], None
     for measure, (label, _, _) in MEASURES.items():
+        if measure == "correct" and all(not benchmarked(r) for rs in (runs, base_runs) for r in rs.values()):
+            lines.append(f"  {label}: not measured (eval.benchmark=false: the reference answers' NLL alone)")
+            continue
         lacking = [r["run_id"] for side, rs in ((ours, runs), (base, base_runs)) for s, r in rs.items()
                    if s in seeds and measure not in side[s]]
         if lacking:
@@ -340,7 +348,7 @@ def compare_lines(folder: Path, baseline: str | None = None) -> list[str]:
         any_online |= online
         kept_text = ("—" if kept is None else f"{kept:.3f}") + ("*" if online else " ")
         out.append(f"{r['model']:<14} {r['task']:<9} {r['method']:<12} {r['seed']:>4}{_cols(values, widths)} "
-                   f"{kept_text:>7} {accuracy_text(m):<36} "
+                   f"{kept_text:>7} {accuracy_text(m) if benchmarked(r) else 'not measured':<36} "
                    f"{(f'{nll:.4f}' if nll is not None else '—'):>8} {minutes:>7.1f}")
     if any_online:
         out.append("* kept fraction chosen online during training (training.online.kept_fraction; for a "

@@ -97,6 +97,15 @@ def _check_eval(run: RunConfig, task_module) -> None:
                               "temperature > 0 (default 0.8); the greedy pass@1 is reported anyway")
     if run.eval.enabled and run.eval.backend != "hf":
         check_backend(run.eval.backend, evaluation, run.task.name, run.device)
+    if run.eval.enabled and not run.eval.benchmark:  # the reference answers' NLL alone: nothing else may be asked
+        unused = [key for key, asked in (("eval.answer_nll=false", not run.eval.answer_nll),
+                                         (f"eval.backend={run.eval.backend}", run.eval.backend != "hf"),
+                                         ("task.options.lm_eval_tasks", bool(run.task.options.get("lm_eval_tasks"))))
+                  if asked]
+        if unused:
+            raise ConfigError(f"eval.benchmark=false measures the reference answers' NLL alone, so {', '.join(unused)} "
+                              f"would do nothing: drop {'it' if len(unused) == 1 else 'them'}, or set "
+                              f"eval.benchmark=true (eval.enabled=false evaluates nothing)")
 
 
 def _check_method(run: RunConfig, task_options) -> RunConfig:
