@@ -197,8 +197,9 @@ class EvalConfig:
     backend: Literal["hf", "vllm"] = field(default="hf", metadata=ID_OMIT_DEFAULT)
     # The forward passes without generation (the methods' scoring, the answer NLL) in batches of at most this many
     # padded positions (rows sorted by length, xtf.scoring._batches) instead of eval.batch_size rows. On 2 CPU cores
-    # the quickstart's 64 rows scored 1.45x as fast in batches of ~500 positions as of 16 rows (less padding, working
-    # sets that fit the cache; docs/evaluation.md). The same values to float rounding: never in the run id. 0: off.
+    # XTF's scoring of 32 SmolLM2 rows was 1.3x as fast in batches of 512 positions as of 16 rows (less padding,
+    # working sets that fit the cache; experiments/bench_steps.py). The same values to float rounding: never in the
+    # run id. 0: off.
     forward_batch_tokens: int = field(default=0, metadata=ID_OMIT_DEFAULT)
     # false: the task's benchmark protocol (lm-eval, HumanEval, exact match) is not run; the measure is the reference
     # answers' NLL alone (needs eval.answer_nll and test rows with answers). The quickstart's choice: a 135M model

@@ -126,9 +126,9 @@ def _with_prompts(examples: list[dict], predictions: list[dict]) -> list[dict]:
 def _evaluate(model, tokenizer, task_module, examples: list[dict], cfg, work_dir) -> tuple[dict, list[dict], dict]:
     kind = getattr(task_module, "EVALUATION", "exact_match")
     if not cfg.eval.benchmark:  # the reference answers' NLL alone (eval.benchmark=false, checked by check_examples)
-        metrics, predictions, protocol = {}, [], {"name": "answer_nll", "version": EVAL_VERSION,
-                                                  "chat_template": cfg.model.chat_template,
-                                                  "benchmark": f"not run (eval.benchmark=false; the task's: {kind})"}
+        metrics, predictions = {}, []
+        protocol = {"name": "answer_nll", "version": EVAL_VERSION, "chat_template": cfg.model.chat_template,
+                    "benchmark": f"the task's protocol ({kind}) not run: eval.benchmark=false"}
     elif kind == "lm_eval":
         metrics, predictions, protocol = evaluate_lm_eval(model, tokenizer, task_module, examples, cfg.eval,
                                                           cfg.model.chat_template, work_dir, cfg.seed)
