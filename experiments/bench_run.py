@@ -116,6 +116,23 @@ def totals(res: list[dict]) -> dict[tuple[str, int], float]:
     return out
 
 
+# Student's t, 97.5 % quantile, by degrees of freedom (1..10); beyond: 2.0 (t(0.975, 60) = 2.00, larger for fewer).
+T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)
+
+
+def prediction_interval(values: list[float]) -> tuple[float, float] | None:
+    """The 95 % prediction interval for one more value from the same conditions as `values` (normal errors):
+    mean ± t(0.975, n-1) · sd · sqrt(1 + 1/n); None for fewer than 2 values. The stated spread: a fourth run falls
+    inside the range of three only half the time ((n-1)/(n+1)), so the range is no bound for a run at another time."""
+    n = len(values)
+    if n < 2:
+        return None
+    t = T975[n - 2] if n - 1 <= len(T975) else 2.0
+    half = t * statistics.stdev(values) * (1 + 1 / n) ** 0.5
+    mean = statistics.fmean(values)
+    return mean - half, mean + half
+
+
 def summary(res: list[dict], fresh: dict | None) -> list[str]:
     """The goal lines under the table: quiet median and spread, busy ratio, peak RSS, the fresh clone's check."""
     total = totals(res)
@@ -124,9 +141,12 @@ def summary(res: list[dict], fresh: dict | None) -> list[str]:
     worst = max(r["peak_mib"] for r in res)
     lines = [f"- {c} #{k}: both runs together {t:.0f} s ({t / 60:.1f} min)" for (c, k), t in total.items()]
     if quiet:
-        median = statistics.median(quiet)
-        lines.append(f"- quiet, both runs: median {median:.0f} s ({median / 60:.1f} min) of {len(quiet)} repeat(s); "
-                     f"stated spread {quiet[0]:.0f}–{quiet[-1]:.0f} s (the repeats' range)")
+        median, spread = statistics.median(quiet), prediction_interval(quiet)
+        lines.append(f"- quiet, both runs: median {median:.0f} s ({median / 60:.1f} min) of {len(quiet)} repeat(s), "
+                     f"range {quiet[0]:.0f}–{quiet[-1]:.0f} s; " + (
+                         f"stated spread {spread[0]:.0f}–{spread[1]:.0f} s (95 % prediction interval for one more "
+                         f"quiet run: mean ± t(0.975, {len(quiet) - 1}) · sd · √(1 + 1/{len(quiet)}))" if spread
+                         else "no stated spread (one repeat: --repeats 3 gives one)"))
         lines.append(f"- both runs <= {GOAL_QUIET_S} s on the quiet CPU (median): "
                      f"{'met' if median <= GOAL_QUIET_S else 'NOT met'}")
         if busy:
@@ -136,7 +156,8 @@ def summary(res: list[dict], fresh: dict | None) -> list[str]:
     lines.append(f"- peak RSS <= {GOAL_MIB} MiB in every run: {'met' if worst <= GOAL_MIB else 'NOT met'} "
                  f"(largest {worst:.0f} MiB)")
     if fresh:
-        inside = quiet and quiet[0] <= fresh["runs_s"] <= quiet[-1]
+        spread = prediction_interval(quiet)
+        inside = spread is not None and spread[0] <= fresh["runs_s"] <= spread[1]
         lines.append(f"- fresh clone ({fresh['date']}, git {fresh['git'][:12]}, "
                      f"load before {fresh['load_before']:.2f}): `make install` {fresh['install_s']:.0f} s, the "
                      f"one-time GGUF conversion {fresh['convert_s']:.0f} s, `make run` {fresh['runs_s']:.0f} s: "
