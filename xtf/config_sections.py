@@ -203,8 +203,8 @@ class EvalConfig:
     forward_batch_tokens: int = field(default=0, metadata=ID_OMIT_DEFAULT)
     # false: the task's benchmark protocol (lm-eval, HumanEval, exact match) is not run; the measure is the reference
     # answers' NLL alone (needs eval.answer_nll and test rows with answers). The quickstart's choice: a 135M model
-    # answers about 1 in 40 GSM8K questions, so 40 generations cannot separate two methods, and they cost half of
-    # each run's evaluation (conf/preset/quickstart.yaml). In the run id when false.
+    # answers about 1 in 40 GSM8K questions, so 40 generations cannot separate two methods, and they took 45-55 s
+    # of each run's 65-75 s evaluation (conf/preset/quickstart.yaml). In the run id when false.
     benchmark: bool = field(default=True, metadata=ID_OMIT_DEFAULT)
 
 
